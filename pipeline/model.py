@@ -1,0 +1,133 @@
+"""VGG-16 surgery, freezing strategies and trainable-only checkpoints.
+
+``model.weights`` decides the frozen base:
+
+* ``imagenet``: torchvision's ``VGG16_Weights.IMAGENET1K_V1``, read from the torch hub cache
+  (``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``); nothing is downloaded.
+* a path: a local VGG-16 state dict (``torch.load(..., weights_only=True)``).
+* ``none``: a seeded, variance-preserving random init (Kaiming normal, fan-in, zero bias on
+  every conv and linear layer). torchvision's own init (N(0, 0.01) linear layers) lets the
+  signal die in frozen random fc6/fc7, so every variant would sit at the majority class.
+
+The last layer is always replaced by ``Linear(4096, 1)`` (one logit: male). Frozen dropout
+layers (fc6, fc7) stay active in training, as in the experiment this reproduces
+(``model.train()``); evaluation runs in ``eval()`` mode.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import VGG16_Weights, vgg16
+
+from pipeline.config import PipelineError
+
+# conv5_1, conv5_2, conv5_3 in vgg16().features
+LAST_BLOCK = (24, 26, 28)
+HEAD = "classifier.6"
+
+
+def imagenet_cache_file() -> Path:
+    url = VGG16_Weights.IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _variance_preserving_init(model: nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu", generator=g)
+            nn.init.zeros_(m.bias)
+
+
+def _load_state_dict(model: nn.Module, path: Path, what: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise PipelineError(f"{path}: cannot read {what} ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise PipelineError(f"{path}: {what} is not a state dict")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise PipelineError(f"{path}: {what} lacks key '{missing[0]}' (not a VGG-16 state dict)")
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise PipelineError(f"{path}: {what} key '{key}' has shape {tuple(state[key].shape)}, "
+                                f"expected {tuple(value.shape)}")
+    model.load_state_dict({k: state[k] for k in expected})
+
+
+def build_model(weights: str, seed: int, root: Path | None = None) -> nn.Module:
+    """VGG-16 with the chosen base weights and a fresh, seeded ``Linear(4096, 1)`` head."""
+    with torch.random.fork_rng():  # torchvision's own init must not touch the global RNG
+        torch.manual_seed(seed)
+        model = vgg16(weights=None)
+    if weights == "none":
+        _variance_preserving_init(model, seed)
+    elif weights == "imagenet":
+        cache = imagenet_cache_file()
+        if not cache.is_file():
+            raise PipelineError(f"model.weights=imagenet: {cache.name} is not in the torch cache; "
+                                f"place it at {cache} (from {VGG16_Weights.IMAGENET1K_V1.url})")
+        _load_state_dict(model, cache, "ImageNet weights")
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_absolute() and root is not None:
+            path = Path(root) / path
+        if not path.is_file():
+            raise PipelineError(f"model.weights: {path} not found (use imagenet, none or a state-dict file)")
+        _load_state_dict(model, path, "model.weights")
+    head = nn.Linear(4096, 1)
+    g = torch.Generator().manual_seed(seed + 1)
+    nn.init.normal_(head.weight, 0.0, 0.01, generator=g)
+    nn.init.zeros_(head.bias)
+    model.classifier[6] = head
+    return model
+
+
+def set_strategy(model: nn.Module, strategy: str) -> list[str]:
+    """Freeze everything but the head (and conv5 for ``last_block``); return trainable names."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    modules = [model.classifier[6]]
+    if strategy == "last_block":
+        modules += [model.features[i] for i in LAST_BLOCK]
+    elif strategy != "head_only":
+        raise PipelineError(f"unknown strategy '{strategy}' (head_only or last_block)")
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, model: nn.Module, **extra) -> None:
+    """Trainable parameters only (the frozen base is rebuilt from ``model.weights``)."""
+    from pipeline.config import atomic_write
+
+    payload = {"trainable": trainable_state(model), **extra}
+    atomic_write(Path(path), lambda t: torch.save(payload, t))
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise PipelineError(f"{path}: cannot read checkpoint ({type(exc).__name__})") from None
+
+
+def model_from_checkpoint(ckpt: dict, weights: str, seed: int, root: Path | None = None) -> nn.Module:
+    """Rebuild the base, apply the checkpoint's trainable parameters, return it in eval mode."""
+    model = build_model(weights, seed, root)
+    state = model.state_dict()
+    for name, value in ckpt["trainable"].items():
+        if name not in state or state[name].shape != value.shape:
+            raise PipelineError(f"checkpoint parameter '{name}' does not fit VGG-16 with a 1-logit head")
+        state[name] = value
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,35 @@
+"""The MLflow pyfunc model that the registry holds and serves.
+
+Its artifact is a trainable-only checkpoint (kilobytes for ``head_only``); ``load_context``
+rebuilds VGG-16 from the checkpoint's ``model.weights`` (seeded init for ``none``, the torch
+cache for ``imagenet``, a local state dict for a path) and applies it. Input: a float32
+tensor of preprocessed images ``(N, 3, S, S)`` (resize + ImageNet normalisation, as
+:class:`pipeline.data.Preset`); output: ``P(male)`` per image.
+"""
+from __future__ import annotations
+
+import warnings
+
+import mlflow
+import numpy as np
+import torch
+
+# The model takes a tensor (see the signature); MLflow's advice to add type hints does not apply.
+warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
+
+
+class GenderClassifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from pipeline.model import load_checkpoint, model_from_checkpoint
+
+        ckpt = load_checkpoint(context.artifacts["checkpoint"])
+        self.image_size = int(ckpt["image_size"])
+        self.net = model_from_checkpoint(ckpt, ckpt["weights"], int(ckpt["seed"]))
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x).squeeze(1))
+
+    def predict(self, context, model_input, params=None):
+        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        return self.predict_proba(x).numpy()
