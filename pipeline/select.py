@@ -1,0 +1,87 @@
+"""Stage ``select``: pick the best variant from MLflow's tracked metrics, register it.
+
+Usage::
+
+    python -m pipeline.select [--params params.yaml]
+
+Reads the run id each ``train@<variant>`` stage wrote (``<train.models_dir>/<variant>/run.json``),
+asks MLflow (not the local JSON) for each run's ``best_val_acc`` and ``best_val_loss``, and
+picks the highest ``best_val_acc``; ties go to the lower validation loss at the best epoch,
+then to the variant name. Registers that run's model under ``base.mlflow.registered_model``,
+points alias ``select.alias`` (``champion``) at the new version, writes ``select.output``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.config import Params, PipelineError, load_params, run_main, write_json
+
+
+def choose(candidates: list[dict]) -> dict:
+    """Highest ``best_val_acc``; then lowest ``best_val_loss``; then variant name."""
+    if not candidates:
+        raise PipelineError("select: no candidate runs")
+    return min(candidates, key=lambda c: (-c["best_val_acc"], c["best_val_loss"], c["variant"]))
+
+
+def candidates_from_mlflow(client: MlflowClient, run_ids: dict[str, str]) -> list[dict]:
+    """One candidate per variant, with its metrics as MLflow has them."""
+    out = []
+    for variant, run_id in run_ids.items():
+        try:
+            run = client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            raise PipelineError(f"select: run {run_id} of variant '{variant}' is not in the MLflow store "
+                                f"{mlflow.get_tracking_uri()}") from None
+        metrics = run.data.metrics
+        if run.info.status != "FINISHED" or "best_val_acc" not in metrics:
+            raise PipelineError(f"select: run {run_id} of variant '{variant}' did not finish "
+                                f"(status {run.info.status})")
+        out.append({"variant": variant, "run_id": run_id, "best_val_acc": metrics["best_val_acc"],
+                    "best_val_loss": metrics["best_val_loss"], "best_epoch": int(metrics["best_epoch"]),
+                    "model_uri": run.data.tags.get(tracking.TAG_MODEL_URI)})
+    return out
+
+
+def train_run_ids(params: Params) -> dict[str, str]:
+    ids = {}
+    for variant in params.variants():
+        path = params.path("train.models_dir") / variant / "run.json"
+        if not path.is_file():
+            raise PipelineError(f"{path}: not found (run the train@{variant} stage first)")
+        ids[variant] = json.loads(path.read_text())["run_id"]
+    return ids
+
+
+def select(params: Params) -> dict:
+    tracking.setup(params)
+    client = MlflowClient()
+    candidates = candidates_from_mlflow(client, train_run_ids(params))
+    best = choose(candidates)
+    name = params.get("base.mlflow.registered_model")
+    alias = params.get("select.alias")
+    version = mlflow.register_model(best["model_uri"], name,
+                                    tags={"variant": best["variant"], "run_id": best["run_id"]}).version
+    client.set_registered_model_alias(name, alias, version)
+    result = {**best, "registered_model": name, "version": int(version), "alias": alias,
+              "candidates": sorted(candidates, key=lambda c: c["variant"])}
+    write_json(params.path("select.output"), result)
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    r = select(load_params(args.params))
+    print(f"select: {r['variant']} (best_val_acc={r['best_val_acc']:.4f}, run {r['run_id']}) "
+          f"-> {r['registered_model']} v{r['version']} @{r['alias']}")
+
+
+if __name__ == "__main__":
+    run_main(main)

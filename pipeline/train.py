@@ -1,0 +1,162 @@
+"""Stage ``train@<variant>``: fine-tune one VGG-16 variant, tracked in MLflow.
+
+Usage::
+
+    python -m pipeline.train --variant head_only-lr0.001           # as dvc.yaml runs it
+    python -m pipeline.train --variant last_block-lr0.0001 --params other.yaml
+
+Per epoch it logs ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (``step=epoch``,
+epochs count from 1) and a checkpoint ``checkpoints/epoch_NNN.pt``; at the end
+``best_val_acc``, ``best_epoch``, ``best_val_loss``, the validation confusion matrix of the
+best epoch and a pyfunc model (:mod:`pipeline.serving`) built from the best checkpoint.
+Local outputs: ``<train.models_dir>/<variant>/{best.pt,run.json}``,
+``<train.metrics_dir>/<variant>.json`` and ``<train.history_dir>/<variant>.csv``.
+
+All randomness of an epoch (shuffle order, flips, dropout) derives from ``(seed, epoch)``,
+so two runs on the same CPU give identical metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import confusion_matrix
+from tqdm.auto import tqdm
+
+from pipeline import serving, tracking  # serving: its warning filter applies to log_model
+from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
+from pipeline.data import CLASS_NAMES, FaceDataset, make_loader, read_split
+from pipeline.engine import evaluate, train_one_epoch
+from pipeline.model import build_model, save_checkpoint, set_strategy
+
+MODEL_REQUIREMENTS = ("torch", "torchvision", "mlflow", "pandas", "pyyaml", "scikit-learn")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolved_weights(params: Params) -> str:
+    """``model.weights`` with a relative path made absolute (checkpoints outlive the cwd)."""
+    weights = str(params.get("model.weights"))
+    return weights if weights in ("none", "imagenet") else str(params.path("model.weights"))
+
+
+def model_requirements(root: Path) -> list[str]:
+    req = root / "requirements.txt"
+    lines = req.read_text().splitlines() if req.is_file() else []
+    return [ln.strip() for ln in lines if ln.split("==")[0].strip().lower() in MODEL_REQUIREMENTS]
+
+
+def train(params: Params, variant: str) -> dict:
+    """Train one variant; return its summary (also written to the metrics JSON)."""
+    spec = params.variant(variant)
+    seed = int(params.get("base.seed"))
+    epochs = int(params.get("train.epochs"))
+    batch_size = int(params.get("train.batch_size"))
+    workers = int(params.get("train.num_workers"))
+    size = int(params.get("data.image_size"))
+    device = resolve_device(str(params.get("train.device")))
+    weights = resolved_weights(params)
+    split_dir = params.path("split.dir")
+    root = params.dataset_root()
+
+    train_ds = FaceDataset(root, read_split(split_dir, "train"), size, train=True, seed=seed)
+    val_ds = FaceDataset(root, read_split(split_dir, "val"), size)
+    val_loader = make_loader(val_ds, batch_size, workers, shuffle=False)
+
+    model = build_model(weights, seed, params.root)
+    trainable = set_strategy(model, spec["strategy"])
+    model.to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(spec["lr"]))
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    tracking.setup(params)
+    out_dir = params.path("train.models_dir") / variant
+    ckpt_meta = {"variant": variant, "strategy": spec["strategy"], "lr": float(spec["lr"]),
+                 "image_size": size, "weights": weights, "seed": seed, "config": params.resolved()}
+    history, best = [], None
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=variant) as run:
+        mlflow.set_tags({tracking.TAG_VARIANT: variant, tracking.TAG_STAGE: "train",
+                         tracking.TAG_COMMIT: tracking.git_commit(params.root)})
+        mlflow.log_params({
+            "variant": variant, "strategy": spec["strategy"], "lr": spec["lr"], "epochs": epochs,
+            "batch_size": batch_size, "image_size": size, "weights": params.get("model.weights"),
+            "seed": seed, "data_source": params.get("data.source"), "n_train": len(train_ds),
+            "n_val": len(val_ds), "optimizer": "Adam", "loss": "BCEWithLogitsLoss",
+            "trainable_params": n_trainable, "trainable_layers": ",".join(sorted({n.rsplit(".", 1)[0] for n in trainable})),
+        })
+        for epoch in tqdm(range(1, epochs + 1), desc=variant, mininterval=2.0):
+            torch.manual_seed(seed * 1000 + epoch)  # dropout of this epoch
+            train_ds.set_epoch(epoch)  # flips of this epoch
+            loader = make_loader(train_ds, batch_size, workers, shuffle=True, seed=seed * 1000 + epoch)
+            tr = train_one_epoch(model, loader, optimizer, device, desc=f"epoch {epoch} train")
+            va = evaluate(model, val_loader, device, desc=f"epoch {epoch} val")
+            row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                   "val_loss": va["loss"], "val_acc": va["acc"]}
+            history.append(row)
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            ckpt = Path(tmp) / f"epoch_{epoch:03d}.pt"
+            save_checkpoint(ckpt, model, epoch=epoch, metrics=row, **ckpt_meta)
+            mlflow.log_artifact(str(ckpt), "checkpoints")
+            # best: highest val_acc, then lowest val_loss, then the earlier epoch
+            if best is None or (va["acc"], -va["loss"]) > (best["val_acc"], -best["val_loss"]):
+                best = {**row, "ckpt": ckpt, "labels": va["labels"], "preds": va["preds"]}
+        mlflow.log_metrics({"best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+                            "best_val_loss": best["val_loss"]}, step=epochs)
+        cm = confusion_matrix(best["labels"], best["preds"], labels=[0, 1])
+        tracking.log_confusion(cm, CLASS_NAMES, "confusion_matrix/val",
+                               f"{variant}: validation, epoch {best['epoch']}")
+        model_uri = log_pyfunc(params, best["ckpt"], val_ds)
+        mlflow.set_tag(tracking.TAG_MODEL_URI, model_uri)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / "best.pt", lambda t: t.write_bytes(best["ckpt"].read_bytes()))
+        run_id, exp_id = run.info.run_id, run.info.experiment_id
+
+    summary = {"best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+               **{f"final_{k}": v for k, v in history[-1].items() if k != "epoch"}}
+    write_json(out_dir / "run.json", {"variant": variant, "run_id": run_id, "experiment_id": exp_id,
+                                      "model_uri": model_uri, **summary})
+    write_json(params.path("train.metrics_dir") / f"{variant}.json", summary)
+    atomic_write(params.path("train.history_dir") / f"{variant}.csv",
+                 lambda t: pd.DataFrame(history).to_csv(t, index=False, float_format="%.6f"))
+    return {"run_id": run_id, **summary}
+
+
+def log_pyfunc(params: Params, checkpoint: Path, example_ds: FaceDataset) -> str:
+    """Log the registry's model (:mod:`pipeline.mlflow_model`, defined from code) with the checkpoint."""
+    from mlflow.models import infer_signature
+
+    example = example_ds[0][0].unsqueeze(0).numpy()
+    signature = infer_signature(example, np.zeros(1, dtype=np.float32))
+    here = Path(__file__).resolve().parent
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(here / "mlflow_model.py"), artifacts={"checkpoint": str(checkpoint)},
+        code_paths=[str(here)], signature=signature, input_example=example,
+        pip_requirements=model_requirements(params.root),
+    )
+    return info.model_uri
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", required=True, help="a key of train.variants in params.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    summary = train(params, args.variant)
+    print(f"{args.variant}: best_val_acc={summary['best_val_acc']:.4f} at epoch {summary['best_epoch']} "
+          f"(run {summary['run_id']})")
+
+
+if __name__ == "__main__":
+    run_main(main)
