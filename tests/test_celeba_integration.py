@@ -1,0 +1,54 @@
+"""split -> one variant -> select -> evaluate on real CelebA images (../shared/celeba-sample)."""
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import CELEBA_SAMPLE
+from pipeline.data import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
+from pipeline.evaluate import evaluate
+from pipeline.select import select
+from pipeline.split import split
+from pipeline.train import train
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}"),
+]
+N = 300
+VARIANT = "last_block-lr1e-4"
+
+
+@pytest.fixture
+def celeba_subset(tmp_path):
+    """The first N images of the sample, official layout, images linked (never copied)."""
+    root = tmp_path / "celeba"
+    root.mkdir()
+    lines = (CELEBA_SAMPLE / ATTR_FILE).read_text().splitlines()
+    (root / ATTR_FILE).write_text("\n".join([str(N), lines[1], *lines[2:2 + N]]) + "\n")
+    ids = (CELEBA_SAMPLE / IDENTITY_FILE).read_text().splitlines()[:N]
+    (root / IDENTITY_FILE).write_text("\n".join(ids) + "\n")
+    (root / IMAGE_DIR).symlink_to(CELEBA_SAMPLE / IMAGE_DIR)
+    return root, lines[1].split(), lines[2:2 + N]
+
+
+def test_real_celeba_end_to_end(make_params, celeba_subset, tmp_path):
+    root, header, rows = celeba_subset
+    params = make_params({"data.source": "celeba", "data.root": str(root), "data.image_size": 64,
+                          "train.variants": {VARIANT: {"strategy": "last_block", "lr": 0.0001}}},
+                         folder=tmp_path / "project")
+    males = sum(r.split()[1 + header.index("Male")] == "1" for r in rows)
+    summary = split(params)
+    assert summary["source"] == "celeba" and "synthetic" not in summary
+    assert sum(summary[s]["images"] for s in ("train", "val", "test")) == N
+    assert sum(summary[s]["male"] for s in ("train", "val", "test")) == males
+    assert not (params.path("split.dir") / "synthetic").exists()
+    trained = train(params, VARIANT)
+    assert 0.0 <= trained["best_val_acc"] <= 1.0
+    best = select(params)
+    assert best["variant"] == VARIANT and best["run_id"] == trained["run_id"]
+    metrics = evaluate(params)
+    cm = pd.read_csv(params.path("evaluate.confusion_csv"))
+    assert metrics["n_test"] == summary["test"]["images"] == len(cm)
+    assert metrics["accuracy"] == pytest.approx((cm["actual"] == cm["predicted"]).mean())
+    assert json.loads(params.path("evaluate.metrics").read_text())["accuracy"] == metrics["accuracy"]

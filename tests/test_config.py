@@ -1,0 +1,50 @@
+"""params.yaml validation: a bad knob fails before any work, naming the key."""
+import pytest
+
+from pipeline.config import PipelineError, load_params
+from pipeline.tracking import tracking_uri
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"train.variants": {"v": {"strategy": "head_only", "lr": -0.1}}}, "train.variants.v.lr must be a positive number"),
+    ({"train.variants": {"v": {"strategy": "head_only", "lr": 0}}}, "train.variants.v.lr must be a positive number"),
+    ({"train.variants": {"v": {"strategy": "everything", "lr": 0.1}}}, "train.variants.v.strategy must be one of"),
+    ({"train.epochs": 0}, "train.epochs must be an integer >= 1"),
+    ({"data.image_size": 16}, "data.image_size must be an integer >= 32"),
+    ({"split.fractions": {"train": 0.8, "val": 0.1, "test": 0.2}}, "split.fractions must sum to 1"),
+    ({"data.source": "imagenet"}, "data.source must be 'synthetic' or 'celeba'"),
+])
+def test_bad_values_name_the_key(make_params, overrides, message):
+    with pytest.raises(PipelineError, match=message):
+        make_params(overrides)
+
+
+def test_missing_file_and_key(tmp_path, make_params):
+    with pytest.raises(PipelineError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    with pytest.raises(PipelineError, match="missing key 'train.nope'"):
+        make_params().get("train.nope")
+
+
+def test_paths_resolve_against_the_params_folder(make_params, tmp_path, monkeypatch):
+    params = make_params()
+    assert params.path("split.dir") == tmp_path / "data" / "split"
+    assert params.dataset_root() == tmp_path / "data" / "split" / "synthetic"
+    assert tracking_uri(params) == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking_uri(params) == "http://127.0.0.1:5999"
+    celeba = make_params({"data.source": "celeba", "data.root": "/srv/celeba"})
+    assert celeba.dataset_root().as_posix() == "/srv/celeba"
+
+
+def test_stage_cli_prints_one_line_and_exits_1(make_params, tmp_path, capsys):
+    from pipeline.config import run_main
+    from pipeline.split import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: [1, 2\n")
+    with pytest.raises(SystemExit) as exc:
+        run_main(lambda: main(["--params", str(path)]))
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "bad.yaml: not valid YAML" in err and "\n" not in err

@@ -1,0 +1,62 @@
+"""Selection from MLflow's tracked metrics, ties included."""
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import PipelineError
+from pipeline.select import candidates_from_mlflow, choose
+
+
+def cand(variant, acc, loss):
+    return {"variant": variant, "best_val_acc": acc, "best_val_loss": loss}
+
+
+def test_highest_accuracy_wins():
+    assert choose([cand("a", 0.8, 0.1), cand("b", 0.9, 0.5), cand("c", 0.85, 0.2)])["variant"] == "b"
+
+
+def test_tie_goes_to_lower_val_loss_then_name():
+    assert choose([cand("a", 0.9, 0.4), cand("b", 0.9, 0.3)])["variant"] == "b"
+    assert choose([cand("z", 0.9, 0.3), cand("m", 0.9, 0.3), cand("q", 0.8, 0.1)])["variant"] == "m"
+    with pytest.raises(PipelineError):
+        choose([])
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("t")
+    return MlflowClient(uri)
+
+
+def log_run(name, history, best_acc, best_loss, finish=True):
+    run = mlflow.start_run(run_name=name)
+    for step, acc in enumerate(history, start=1):
+        mlflow.log_metric("val_acc", acc, step=step)
+    mlflow.log_metrics({"best_val_acc": best_acc, "best_val_loss": best_loss, "best_epoch": 1})
+    mlflow.set_tag("model_uri", f"models:/m-{name}")
+    mlflow.end_run("FINISHED" if finish else "FAILED")
+    return run.info.run_id
+
+
+def test_candidates_come_from_mlflow(store):
+    ids = {"a": log_run("a", [0.7, 0.9], 0.9, 0.30), "b": log_run("b", [0.9, 0.8], 0.9, 0.25),
+           "c": log_run("c", [0.95, 0.5], 0.95, 0.9)}
+    cands = candidates_from_mlflow(store, ids)
+    assert [(c["variant"], c["best_val_acc"], c["best_val_loss"]) for c in cands] == \
+        [("a", 0.9, 0.30), ("b", 0.9, 0.25), ("c", 0.95, 0.9)]
+    best = choose(cands)
+    assert best["variant"] == "c" and best["run_id"] == ids["c"] and best["model_uri"] == "models:/m-c"
+    # the same selection as MLflow's own ordering on best_val_acc, then loss
+    top = store.search_runs([store.get_experiment_by_name("t").experiment_id],
+                            order_by=["metrics.best_val_acc DESC", "metrics.best_val_loss ASC"], max_results=1)
+    assert top[0].info.run_id == best["run_id"]
+
+
+def test_unknown_or_failed_run_is_a_clear_error(store):
+    with pytest.raises(PipelineError, match="run 0123 of variant 'a' is not in the MLflow store"):
+        candidates_from_mlflow(store, {"a": "0123"})
+    failed = log_run("f", [0.5], 0.5, 0.7, finish=False)
+    with pytest.raises(PipelineError, match="did not finish"):
+        candidates_from_mlflow(store, {"f": failed})

@@ -1,0 +1,61 @@
+"""The train core on a shrunken config: what lands in MLflow and on disk."""
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.split import split
+from pipeline.train import train
+
+
+@pytest.fixture
+def tiny(make_params):
+    params = make_params({"train.epochs": 2})
+    split(params)
+    return params
+
+
+def test_train_logs_epochs_checkpoints_and_outputs(tiny):
+    summary = train(tiny, "head_only-lr1e-3")
+    client = MlflowClient(tracking.tracking_uri(tiny))
+    assert tracking.tracking_uri(tiny) == f"sqlite:///{tiny.root / 'mlflow.db'}"
+    run = client.get_run(summary["run_id"])
+    assert run.info.run_name == "head_only-lr1e-3" and run.info.status == "FINISHED"
+    assert run.data.tags["variant"] == "head_only-lr1e-3" and run.data.tags["stage"] == "train"
+    assert "git_commit" in run.data.tags and run.data.tags["model_uri"].startswith("models:/")
+    assert run.data.params["strategy"] == "head_only" and float(run.data.params["lr"]) == 0.001
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2]
+    val_acc = [m.value for m in client.get_metric_history(run.info.run_id, "val_acc")]
+    assert run.data.metrics["best_val_acc"] == max(val_acc) == summary["best_val_acc"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert artifacts == {"checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"}
+    cm = {a.path for a in client.list_artifacts(run.info.run_id, "confusion_matrix")}
+    assert cm == {"confusion_matrix/val.json", "confusion_matrix/val.png"}
+    matrix = json.loads(open(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="confusion_matrix/val.json", tracking_uri=tracking.tracking_uri(tiny))).read())
+    n_val = int(run.data.params["n_val"])
+    assert sum(map(sum, matrix["matrix"])) == n_val
+    # local outputs
+    out = tiny.path("train.models_dir") / "head_only-lr1e-3"
+    assert json.loads((out / "run.json").read_text())["run_id"] == run.info.run_id
+    assert (out / "best.pt").stat().st_size < 64 * 1024
+    metrics = json.loads((tiny.path("train.metrics_dir") / "head_only-lr1e-3.json").read_text())
+    assert metrics["best_val_acc"] == summary["best_val_acc"] and metrics["best_epoch"] in (1, 2)
+    hist = pd.read_csv(tiny.path("train.history_dir") / "head_only-lr1e-3.csv")
+    assert list(hist.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+    assert list(hist["epoch"]) == [1, 2] and list(hist["val_acc"]) == pytest.approx(val_acc, abs=1e-6)
+
+
+def test_two_runs_give_identical_metrics(tiny):
+    a = train(tiny, "last_block-lr1e-4")
+    hist_a = (tiny.path("train.history_dir") / "last_block-lr1e-4.csv").read_text()
+    b = train(tiny, "last_block-lr1e-4")
+    hist_b = (tiny.path("train.history_dir") / "last_block-lr1e-4.csv").read_text()
+    assert a["run_id"] != b["run_id"]
+    assert hist_a == hist_b
+    assert {k: v for k, v in a.items() if k != "run_id"} == {k: v for k, v in b.items() if k != "run_id"}
