@@ -1,0 +1,30 @@
+# make setup   - create .venv from requirements.txt (idempotent: redone only when requirements change)
+# make repro   - setup, then run the DVC pipeline (split -> train x4 -> select -> evaluate)
+# make test    - setup, then the whole test suite
+# make mlflow-ui - browse runs of the local SQLite store at http://127.0.0.1:5000
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.requirements.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup repro test mlflow-ui clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+repro: setup
+	dvc repro
+
+test: setup
+	python -m pytest
+
+mlflow-ui: setup
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf data models metrics/confusion_matrix.png dvc_plots mlflow.db mlartifacts
