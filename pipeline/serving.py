@@ -8,14 +8,9 @@ tensor of preprocessed images ``(N, 3, S, S)`` (resize + ImageNet normalisation,
 """
 from __future__ import annotations
 
-import warnings
-
 import mlflow
 import numpy as np
 import torch
-
-# The model takes a tensor (see the signature); MLflow's advice to add type hints does not apply.
-warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
 
 
 class GenderClassifier(mlflow.pyfunc.PythonModel):
@@ -30,6 +25,6 @@ class GenderClassifier(mlflow.pyfunc.PythonModel):
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(x).squeeze(1))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         return self.predict_proba(x).numpy()

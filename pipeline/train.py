@@ -28,7 +28,7 @@ import torch
 from sklearn.metrics import confusion_matrix
 from tqdm.auto import tqdm
 
-from pipeline import serving, tracking  # serving: its warning filter applies to log_model
+from pipeline import tracking
 from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
 from pipeline.data import CLASS_NAMES, FaceDataset, make_loader, read_split
 from pipeline.engine import evaluate, train_one_epoch
