@@ -2,6 +2,7 @@
 # make repro   - setup, then run the DVC pipeline (split -> train x4 -> select -> evaluate)
 # make test    - setup, then the whole test suite
 # make mlflow-ui - browse runs of the local SQLite store at http://127.0.0.1:5000
+# make clean   - remove generated data/ and models/ (not the MLflow store)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,5 +27,6 @@ test: setup
 mlflow-ui: setup
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
+# Generated pipeline outputs only; the MLflow store (mlflow.db, mlartifacts/) keeps its history.
 clean:
-	rm -rf data models metrics/confusion_matrix.png dvc_plots mlflow.db mlartifacts
+	rm -rf data models dvc_plots
