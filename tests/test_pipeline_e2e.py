@@ -130,3 +130,19 @@ def test_second_repro_changes_nothing_and_one_lr_edit_reruns_narrowly(project):
     raw["train"]["variants"]["head_only-lr1e-3"]["lr"] = 0.002
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert stages_run(sh(["dvc", "repro"], root).stdout) == ["train@head_only-lr1e-3", "select", "evaluate"]
+
+
+def test_code_only_change_retrains_and_moves_the_champion_to_the_new_runs(project):
+    """Deterministic training reproduces the same metrics; select must still take the new runs."""
+    root, _ = project
+    before = json.loads((root / "models" / "best.json").read_text())
+    metrics_before = (root / "metrics" / "evaluate.json").read_text()
+    with open(root / "pipeline" / "serving.py", "a") as f:
+        f.write("\n# a code change that leaves every number as it was\n")
+    ran = stages_run(sh(["dvc", "repro"], root).stdout)
+    assert sorted(ran[:4]) == sorted(f"train@{c['variant']}" for c in before["candidates"])
+    assert ran[4:] == ["select", "evaluate"]
+    after = json.loads((root / "models" / "best.json").read_text())
+    assert after["variant"] == before["variant"] and after["best_val_acc"] == before["best_val_acc"]
+    assert after["run_id"] != before["run_id"] and after["version"] == before["version"] + 1
+    assert (root / "metrics" / "evaluate.json").read_text() == metrics_before
