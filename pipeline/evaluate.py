@@ -26,6 +26,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 from pipeline import tracking
 from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
 from pipeline.data import CLASS_NAMES, FaceDataset, make_loader, read_split
+from pipeline.engine import resolve_device
 
 
 def report(labels: np.ndarray, preds: np.ndarray) -> dict:
@@ -47,6 +48,7 @@ def evaluate(params: Params) -> dict:
     tracking.setup(params)
     uri = f"models:/{best['registered_model']}/{best['version']}"
     classifier = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    classifier.net.to(resolve_device(str(params.get("train.device"))))
     test_ds = FaceDataset(params.dataset_root(), read_split(params.path("split.dir"), "test"),
                           classifier.image_size)
     loader = make_loader(test_ds, int(params.get("train.batch_size")), int(params.get("train.num_workers")),

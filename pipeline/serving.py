@@ -23,7 +23,9 @@ class GenderClassifier(mlflow.pyfunc.PythonModel):
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x).squeeze(1))
+        """P(male) per image, on the CPU; ``self.net.to(device)`` moves the work."""
+        device = next(self.net.parameters()).device
+        return torch.sigmoid(self.net(x.to(device, non_blocking=True)).squeeze(1)).cpu()
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))

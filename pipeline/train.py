@@ -31,18 +31,10 @@ from tqdm.auto import tqdm
 from pipeline import tracking
 from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
 from pipeline.data import CLASS_NAMES, FaceDataset, make_loader, read_split
-from pipeline.engine import evaluate, train_one_epoch
+from pipeline.engine import evaluate, resolve_device, train_one_epoch
 from pipeline.model import build_model, save_checkpoint, set_strategy
 
-MODEL_REQUIREMENTS = ("torch", "torchvision", "mlflow", "pandas", "pyyaml", "scikit-learn")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
+MODEL_REQUIREMENTS = ("torch", "torchvision", "mlflow", "numpy", "pandas", "pyyaml", "scikit-learn")
 
 
 def resolved_weights(params: Params) -> str:
