@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -28,9 +29,6 @@ class Params:
     def __init__(self, raw: dict, root: Path):
         self.raw = raw
         self.root = Path(root).resolve()
-
-    def __getitem__(self, key: str) -> Any:
-        return self.get(key)
 
     def get(self, dotted: str) -> Any:
         node: Any = self.raw
@@ -92,6 +90,9 @@ def validate(p: Params) -> None:
     variants = p.variants()
     _check(isinstance(variants, dict) and len(variants) >= 1, "train.variants must be a non-empty mapping")
     for name, v in variants.items():
+        _check(re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) is not None,
+               f"train.variants: name '{name}' may hold only letters, digits, '_' and '-' "
+               "(DVC reads train.variants.<name> as a key path, so a dot breaks it)")
         _check(isinstance(v, dict), f"train.variants.{name} must be a mapping with strategy and lr")
         _check(v.get("strategy") in STRATEGIES,
                f"train.variants.{name}.strategy must be one of {', '.join(STRATEGIES)}, got {v.get('strategy')!r}")

@@ -9,6 +9,7 @@ from pipeline.tracking import tracking_uri
     ({"train.variants": {"v": {"strategy": "head_only", "lr": -0.1}}}, "train.variants.v.lr must be a positive number"),
     ({"train.variants": {"v": {"strategy": "head_only", "lr": 0}}}, "train.variants.v.lr must be a positive number"),
     ({"train.variants": {"v": {"strategy": "everything", "lr": 0.1}}}, "train.variants.v.strategy must be one of"),
+    ({"train.variants": {"head-lr0.1": {"strategy": "head_only", "lr": 0.1}}}, "name 'head-lr0.1' may hold only"),
     ({"train.epochs": 0}, "train.epochs must be an integer >= 1"),
     ({"data.image_size": 16}, "data.image_size must be an integer >= 32"),
     ({"split.fractions": {"train": 0.8, "val": 0.1, "test": 0.2}}, "split.fractions must sum to 1"),
