@@ -31,14 +31,17 @@ def tracking_uri(params: Params) -> str:
 
 def setup(params: Params) -> str:
     """Point MLflow at the store and the experiment; return the experiment id."""
-    mlflow.set_tracking_uri(tracking_uri(params))
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
     name = params.get("base.mlflow.experiment")
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         mlflow.set_experiment(experiment_id=exp.experiment_id)
         return exp.experiment_id
-    artifacts = params.path("base.mlflow.artifact_root").as_uri()
-    exp_id = mlflow.create_experiment(name, artifact_location=f"{artifacts}/{name}")
+    location = None  # a tracking server decides where its artifacts go
+    if uri.startswith(("sqlite:", "file:")):
+        location = f"{params.path('base.mlflow.artifact_root').as_uri()}/{name}"
+    exp_id = mlflow.create_experiment(name, artifact_location=location)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
