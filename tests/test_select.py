@@ -60,3 +60,52 @@ def test_unknown_or_failed_run_is_a_clear_error(store):
     failed = log_run("f", [0.5], 0.5, 0.7, finish=False)
     with pytest.raises(PipelineError, match="did not finish"):
         candidates_from_mlflow(store, {"f": failed})
+
+
+ECHO_MODEL = '''
+import mlflow
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input: list[str]) -> list[str]:
+        return model_input
+
+
+mlflow.models.set_model(Echo())
+'''
+
+
+def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, tmp_path):
+    import json
+
+    from pipeline import tracking
+    from pipeline.config import write_json
+    from pipeline.select import select
+
+    variants = {"a": {"strategy": "head_only", "lr": 0.1}, "b": {"strategy": "head_only", "lr": 0.2},
+                "c": {"strategy": "last_block", "lr": 0.3}}
+    params = make_params({"train.variants": variants})
+    tracking.setup(params)
+    code = tmp_path / "echo_model.py"
+    code.write_text(ECHO_MODEL)
+    # in MLflow: a and b tie on best_val_acc, b has the lower loss; c is worse
+    tracked = {"a": (0.9, 0.30), "b": (0.9, 0.25), "c": (0.7, 0.10)}
+    for name, (acc, loss) in tracked.items():
+        with mlflow.start_run(run_name=name) as run:
+            mlflow.log_metrics({"best_val_acc": acc, "best_val_loss": loss, "best_epoch": 2})
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(code))
+            mlflow.set_tag("model_uri", info.model_uri)
+        write_json(params.path("train.models_dir") / name / "run.json", {"run_id": run.info.run_id})
+        # the local metrics say the opposite: select must not read them
+        write_json(params.path("train.metrics_dir") / f"{name}.json", {"best_val_acc": 1 - acc, "best_val_loss": loss})
+    result = select(params)
+    best = json.loads(params.path("select.output").read_text())
+    assert best["variant"] == result["variant"] == "b"
+    assert best["best_val_acc"] == 0.9 and best["best_val_loss"] == 0.25
+    assert [c["variant"] for c in best["candidates"]] == ["a", "b", "c"]
+    client = MlflowClient(tracking.tracking_uri(params))
+    version = client.get_model_version_by_alias("celeba-gender-vgg16", "champion")
+    assert version.run_id == best["run_id"] and int(version.version) == best["version"] == 1
+    # a second selection registers a new version and moves the alias
+    assert select(params)["version"] == 2
+    assert int(client.get_model_version_by_alias("celeba-gender-vgg16", "champion").version) == 2
