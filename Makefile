@@ -25,7 +25,7 @@ test: setup
 	python -m pytest
 
 mlflow-ui: setup
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	mlflow ui --backend-store-uri "$$(python -m pipeline.tracking)" --host 127.0.0.1 --port 5000
 
 # Generated pipeline outputs only; the MLflow store (mlflow.db, mlartifacts/) keeps its history.
 clean:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
@@ -59,12 +58,9 @@ def evaluate(params: Params) -> dict:
     metrics = report(labels, preds)
     cm = confusion_matrix(labels, preds, labels=[0, 1])
     names = np.array(CLASS_NAMES)
-    csv_path, png_path = params.path("evaluate.confusion_csv"), params.path("evaluate.confusion_png")
+    csv_path = params.path("evaluate.confusion_csv")
     atomic_write(csv_path, lambda t: pd.DataFrame({"actual": names[labels], "predicted": names[preds]})
                  .to_csv(t, index=False))
-    fig = tracking.confusion_figure(cm, CLASS_NAMES, f"test: {best['variant']} (acc {metrics['accuracy']:.3f})")
-    atomic_write(png_path, lambda t: fig.savefig(t, format="png", dpi=100))
-    plt.close(fig)
     with mlflow.start_run(run_name="evaluate"):
         mlflow.set_tags({tracking.TAG_STAGE: "evaluate", tracking.TAG_VARIANT: best["variant"],
                          "selected_run_id": best["run_id"], "mlflow.parentRunId": best["run_id"],
@@ -75,8 +71,9 @@ def evaluate(params: Params) -> dict:
         for cls in (*CLASS_NAMES, "macro"):
             mlflow.log_metrics({f"test_{m}_{cls}": v for m, v in metrics[cls].items()})
         mlflow.log_dict(metrics, "classification_report.json")
-        mlflow.log_dict({"labels": list(CLASS_NAMES), "matrix": cm.tolist()}, "confusion_matrix/test.json")
-        mlflow.log_artifact(str(png_path), "confusion_matrix")
+        tracking.log_confusion(cm, CLASS_NAMES, "confusion_matrix/test",
+                               f"test: {best['variant']} (acc {metrics['accuracy']:.3f})",
+                               save_png=params.path("evaluate.confusion_png"))
         mlflow.log_artifact(str(csv_path), "confusion_matrix")
     write_json(params.path("evaluate.metrics"), metrics)
     return {**metrics, "variant": best["variant"]}

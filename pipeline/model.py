@@ -25,7 +25,6 @@ from pipeline.config import PipelineError
 
 # conv5_1, conv5_2, conv5_3 in vgg16().features
 LAST_BLOCK = (24, 26, 28)
-HEAD = "classifier.6"
 
 
 def imagenet_cache_file() -> Path:

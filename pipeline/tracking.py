@@ -78,12 +78,23 @@ def confusion_figure(cm: np.ndarray, class_names, title: str):
     return fig
 
 
-def log_confusion(cm: np.ndarray, class_names, prefix: str, title: str) -> None:
-    """Log a confusion matrix as ``<prefix>.json`` and ``<prefix>.png`` artifacts."""
+def log_confusion(cm: np.ndarray, class_names, prefix: str, title: str, save_png: Path | None = None) -> None:
+    """Log a confusion matrix as ``<prefix>.json`` and ``<prefix>.png`` artifacts; with
+    ``save_png``, also write the same figure there (atomically)."""
     import matplotlib.pyplot as plt
+
+    from pipeline.config import atomic_write
 
     mlflow.log_dict({"labels": list(class_names), "matrix": cm.tolist()}, f"{prefix}.json")
     fig = confusion_figure(cm, class_names, title)
     mlflow.log_figure(fig, f"{prefix}.png")
+    if save_png is not None:
+        atomic_write(save_png, lambda t: fig.savefig(t, format="png", dpi=100))
     plt.close(fig)
 
+
+
+if __name__ == "__main__":  # print the resolved tracking URI (`make mlflow-ui` reads it)
+    from pipeline.config import load_params, run_main
+
+    run_main(lambda: print(tracking_uri(load_params())))

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m pipeline.train --variant head_only-lr0.001           # as dvc.yaml runs it
-    python -m pipeline.train --variant last_block-lr0.0001 --params other.yaml
+    python -m pipeline.train --variant head_only-lr1e-3           # as dvc.yaml runs it
+    python -m pipeline.train --variant last_block-lr1e-4 --params other.yaml
 
 Per epoch it logs ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (``step=epoch``,
 epochs count from 1) and a checkpoint ``checkpoints/epoch_NNN.pt``; at the end
@@ -88,9 +88,10 @@ def train(params: Params, variant: str) -> dict:
             "trainable_params": n_trainable, "trainable_layers": ",".join(sorted({n.rsplit(".", 1)[0] for n in trainable})),
         })
         for epoch in tqdm(range(1, epochs + 1), desc=variant, mininterval=2.0):
-            torch.manual_seed(seed * 1000 + epoch)  # dropout of this epoch
+            epoch_seed = seed * 1000 + epoch
+            torch.manual_seed(epoch_seed)  # dropout of this epoch
             train_ds.set_epoch(epoch)  # flips of this epoch
-            loader = make_loader(train_ds, batch_size, workers, shuffle=True, seed=seed * 1000 + epoch)
+            loader = make_loader(train_ds, batch_size, workers, shuffle=True, seed=epoch_seed)
             tr = train_one_epoch(model, loader, optimizer, device, desc=f"epoch {epoch} train")
             va = evaluate(model, val_loader, device, desc=f"epoch {epoch} val")
             row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
@@ -117,7 +118,7 @@ def train(params: Params, variant: str) -> dict:
     summary = {"best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                **{f"final_{k}": v for k, v in history[-1].items() if k != "epoch"}}
     write_json(out_dir / "run.json", {"variant": variant, "run_id": run_id, "experiment_id": exp_id,
-                                      "model_uri": model_uri, **summary})
+                                      "model_uri": model_uri})
     write_json(params.path("train.metrics_dir") / f"{variant}.json", summary)
     atomic_write(params.path("train.history_dir") / f"{variant}.csv",
                  lambda t: pd.DataFrame(history).to_csv(t, index=False, float_format="%.6f"))
