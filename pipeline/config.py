@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import sys
@@ -17,6 +18,10 @@ from typing import Any, Callable
 import yaml
 
 STRATEGIES = ("head_only", "last_block")
+AMP_MODES = ("none", "bf16")
+VARIANT_KEYS = ("strategy", "lr")  # what a train.variants entry may hold
+DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEBUG_ENV = "PIPELINE_DEBUG"  # set to 1: unexpected errors show their traceback
 
 
 class PipelineError(Exception):
@@ -26,15 +31,16 @@ class PipelineError(Exception):
 class Params:
     """The parsed params file plus the project root its relative paths refer to."""
 
-    def __init__(self, raw: dict, root: Path):
+    def __init__(self, raw: dict, root: Path, name: str = "params.yaml"):
         self.raw = raw
         self.root = Path(root).resolve()
+        self.name = name  # the params file's name, for messages
 
     def get(self, dotted: str) -> Any:
         node: Any = self.raw
         for part in dotted.split("."):
             if not isinstance(node, dict) or part not in node:
-                raise PipelineError(f"params.yaml: missing key '{dotted}'")
+                raise PipelineError(f"{self.name}: missing key '{dotted}'")
             node = node[part]
         return node
 
@@ -50,14 +56,19 @@ class Params:
         variants = self.variants()
         if name not in variants:
             raise PipelineError(
-                f"params.yaml: unknown variant '{name}' (train.variants has: {', '.join(variants)})"
+                f"{self.name}: unknown variant '{name}' (train.variants has: {', '.join(variants)})"
             )
         return variants[name]
 
     def dataset_root(self) -> Path:
         """Folder in CelebA layout that the reader uses: real CelebA or the generated set."""
         if self.get("data.source") == "celeba":
-            return self.path("data.root")
+            root = self.path("data.root")
+            if not root.is_dir():
+                what = "is not a folder" if root.exists() else "not found"
+                raise PipelineError(f"data.root: {root} {what} ({self.name} data.root must be the CelebA folder "
+                                    "that holds img_align_celeba/ and list_attr_celeba.txt)")
+            return root
         return self.path("split.dir") / "synthetic"
 
     def resolved(self) -> dict:
@@ -65,40 +76,104 @@ class Params:
         return copy.deepcopy(self.raw)
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise PipelineError(f"params.yaml: {msg}")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML true is not a number
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _got(value: Any) -> str:
+    """``value`` as the message shows it; YAML reads ``1e-3`` (no dot) as text, say so."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return repr(value)
+        return f"{value!r} (text: YAML reads a number without a dot such as 1e-3 as a string; write 1.0e-3)"
+    return repr(value)
 
 
 def validate(p: Params) -> None:
     """Cheap checks of the knobs, so a bad value fails before any work is done."""
+
+    def check(cond: bool, msg: str) -> None:
+        if not cond:
+            raise PipelineError(f"{p.name}: {msg}")
+
+    def check_int(key: str, minimum: int, why: str = "") -> None:
+        value = p.get(key)
+        check(_is_int(value) and value >= minimum, f"{key} must be an integer >= {minimum}{why}, got {_got(value)}")
+
+    def check_str(key: str) -> None:
+        value = p.get(key)
+        check(isinstance(value, str) and value.strip() != "", f"{key} must be a non-empty string, got {_got(value)}")
+
+    check_int("base.seed", 0)
     source = p.get("data.source")
-    _check(source in ("synthetic", "celeba"), f"data.source must be 'synthetic' or 'celeba', got {source!r}")
-    size = p.get("data.image_size")
-    _check(isinstance(size, int) and size >= 32,
-           f"data.image_size must be an integer >= 32 (VGG-16 halves it five times), got {size!r}")
+    check(source in ("synthetic", "celeba"), f"data.source must be 'synthetic' or 'celeba', got {_got(source)}")
+    if source == "celeba":
+        check_str("data.root")
+    else:
+        check_int("data.synthetic.images", 1)
+        noise = p.get("data.synthetic.label_noise")
+        check(_is_number(noise) and 0 <= noise <= 1,
+              f"data.synthetic.label_noise must be a number from 0 to 1, got {_got(noise)}")
+    check_int("data.image_size", 32, " (VGG-16 halves it five times)")
     fr = p.get("split.fractions")
-    _check(isinstance(fr, dict) and set(fr) == {"train", "val", "test"},
-           "split.fractions must have exactly the keys train, val, test")
-    _check(all(isinstance(v, (int, float)) and v > 0 for v in fr.values()),
-           "split.fractions values must be positive numbers")
-    _check(abs(sum(fr.values()) - 1.0) < 1e-6, f"split.fractions must sum to 1, got {sum(fr.values()):g}")
-    epochs = p.get("train.epochs")
-    _check(isinstance(epochs, int) and epochs >= 1, f"train.epochs must be an integer >= 1, got {epochs!r}")
-    bs = p.get("train.batch_size")
-    _check(isinstance(bs, int) and bs >= 1, f"train.batch_size must be an integer >= 1, got {bs!r}")
+    check(isinstance(fr, dict) and set(fr) == {"train", "val", "test"},
+          f"split.fractions must have exactly the keys train, val, test, got {_got(fr)}")
+    for name, value in fr.items():
+        check(_is_number(value) and value > 0, f"split.fractions.{name} must be a positive number, got {_got(value)}")
+    check(abs(sum(fr.values()) - 1.0) < 1e-6, f"split.fractions must sum to 1, got {sum(fr.values()):g}")
+    weights = p.get("model.weights")
+    check(isinstance(weights, str) and weights.strip() != "",
+          f"model.weights must be none, imagenet or the path of a VGG-16 state dict, got {_got(weights)}")
+    check_int("train.epochs", 1)
+    check_int("train.batch_size", 1)
+    check_int("train.num_workers", 0)
+    device = p.get("train.device")
+    check(isinstance(device, str) and DEVICES.fullmatch(device) is not None,
+          f"train.device must be auto, cpu, cuda, cuda:N or mps, got {_got(device)}")
+    for key in ("train.reuse_frozen", "train.frozen_dropout", "train.channels_last"):
+        check(isinstance(p.get(key), bool), f"{key} must be true or false, got {_got(p.get(key))}")
+    amp = p.get("train.amp")
+    check(amp in AMP_MODES, f"train.amp must be one of {', '.join(AMP_MODES)}, got {_got(amp)}")
+    for key in ("split.dir", "train.feature_cache", "train.models_dir", "train.metrics_dir", "train.history_dir", "select.output",
+                "evaluate.metrics", "evaluate.confusion_csv", "evaluate.confusion_png"):
+        check_str(key)
     variants = p.variants()
-    _check(isinstance(variants, dict) and len(variants) >= 1, "train.variants must be a non-empty mapping")
+    check(isinstance(variants, dict) and len(variants) >= 1, "train.variants must be a non-empty mapping")
     for name, v in variants.items():
-        _check(re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) is not None,
-               f"train.variants: name '{name}' may hold only letters, digits, '_' and '-' "
-               "(DVC reads train.variants.<name> as a key path, so a dot breaks it)")
-        _check(isinstance(v, dict), f"train.variants.{name} must be a mapping with strategy and lr")
-        _check(v.get("strategy") in STRATEGIES,
-               f"train.variants.{name}.strategy must be one of {', '.join(STRATEGIES)}, got {v.get('strategy')!r}")
+        check(re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) is not None,
+              f"train.variants: name '{name}' may hold only letters, digits, '_' and '-' "
+              "(DVC reads train.variants.<name> as a key path, so a dot breaks it)")
+        key = f"train.variants.{name}"
+        check(isinstance(v, dict), f"{key} must be a mapping with strategy and lr, got {_got(v)}")
+        unknown = [k for k in v if k not in VARIANT_KEYS]
+        check(not unknown, f"{key} has unknown key '{unknown[0] if unknown else ''}' "
+                           f"(a variant holds {' and '.join(VARIANT_KEYS)})")
+        check(v.get("strategy") in STRATEGIES,
+              f"{key}.strategy must be one of {', '.join(STRATEGIES)}, got {_got(v.get('strategy'))}")
         lr = v.get("lr")
-        _check(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0,
-               f"train.variants.{name}.lr must be a positive number, got {lr!r}")
+        check(_is_number(lr) and lr > 0, f"{key}.lr must be a positive number, got {_got(lr)}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *anchor" merges may be overridden by the keys beside them
+            key = key_node.value
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (the second one would silently win)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
@@ -106,12 +181,21 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     if not path.is_file():
         raise PipelineError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except UnicodeDecodeError:
+        raise PipelineError(f"{path}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PipelineError(f"{path}: not valid YAML{where} ({problem})") from None
+    if raw is None:
+        raise PipelineError(f"{path}: params file is empty")
     if not isinstance(raw, dict):
-        raise PipelineError(f"{path}: expected a mapping at top level")
-    params = Params(raw, path.resolve().parent)
+        raise PipelineError(f"{path}: expected a mapping at top level, got {type(raw).__name__}")
+    params = Params(raw, path.resolve().parent, path.name)
     validate(params)
     return params
 
@@ -139,10 +223,40 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda t: t.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
 
+def one_line(text: Any) -> str:
+    """An exception's text on one line. An exception that a DataLoader worker re-raised carries
+    the worker's whole traceback in its text; keep only its last line, the error itself."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    if any(ln.startswith("Original Traceback") for ln in lines):
+        last = lines[-1]
+        prefix = f"{PipelineError.__module__}.{PipelineError.__name__}: "
+        return last[len(prefix):] if last.startswith(prefix) else f"in a data loader worker: {last}"
+    return " ".join(lines)
+
+
 def run_main(fn: Callable[[], Any]) -> None:
-    """Run a stage's main(): user errors become one line on stderr and exit code 1."""
+    """Run a stage's main(): every error becomes one line on stderr, no traceback.
+
+    A :class:`PipelineError` (the user's to fix) and any unexpected exception exit 1,
+    Ctrl-C exits 130. With ``PIPELINE_DEBUG=1`` in the environment the exception is
+    re-raised instead, traceback and all.
+    """
+    debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
         fn()
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug or an environment problem: one line, and how to see more
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {one_line(exc) or '(no message)'} "
+              f"(unexpected; set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
         sys.exit(1)

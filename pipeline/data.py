@@ -5,16 +5,20 @@ Layout (the real data set and the generated default share it)::
     <root>/img_align_celeba/000001.jpg ...
     <root>/list_attr_celeba.txt     # count line, header of attribute names, "id v1 v2 ..." rows, v in {-1, 1}
     <root>/identity_CelebA.txt      # "id identity" rows (optional)
+
+The reader and the image checks need no torch: torch and torchvision are imported where the
+tensors are made, so the split stage (and its failure on bad data) starts in well under a second.
 """
 from __future__ import annotations
 
+import stat
+import warnings
 from pathlib import Path
 
 import pandas as pd
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import functional as TF
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.config import PipelineError, one_line
 
 IMAGE_DIR = "img_align_celeba"
 ATTR_FILE = "list_attr_celeba.txt"
@@ -24,7 +28,9 @@ CLASS_NAMES = ("female", "male")  # label 0, label 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-from pipeline.config import PipelineError  # noqa: E402
+TAIL_BYTES = 4096  # the end of a file read to see whether it was cut short
+JPEG_END = b"\xff\xd9"  # EOI marker
+PNG_END = b"IEND\xaeB`\x82"  # IEND chunk type and its CRC
 
 
 def read_attributes(root: Path) -> pd.DataFrame:
@@ -35,32 +41,46 @@ def read_attributes(root: Path) -> pd.DataFrame:
     path = root / ATTR_FILE
     if not path.is_file():
         raise PipelineError(f"{path}: attribute file not found")
-    lines = path.read_text().splitlines()
-    if len(lines) < 3:
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is fine
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read ({exc.strerror})") from None
+    if not any(line.strip() for line in lines):
         raise PipelineError(f"{path}: attribute file is empty (expected a count line, a header and rows)")
+    if not lines[0].strip().isdigit():
+        raise PipelineError(f"{path}:1: expected the image count (official format: count line, header, rows), "
+                            f"got {lines[0].strip()[:40]!r}")
+    if len(lines) < 3:
+        raise PipelineError(f"{path}: attribute file lists no images (expected a count line, a header and rows)")
     header = lines[1].split()
     if LABEL_ATTR not in header:
-        raise PipelineError(f"{path}: header has no '{LABEL_ATTR}' column")
+        raise PipelineError(f"{path}:2: header has no '{LABEL_ATTR}' column")
     col = header.index(LABEL_ATTR)
-    ids, labels = [], []
+    ids, labels, first_line = [], [], {}
     for lineno, line in enumerate(lines[2:], start=3):
         fields = line.split()
         if not fields:
             continue
+        image_id = fields[0]
         if len(fields) != len(header) + 1:
-            raise PipelineError(f"{path}:{lineno}: expected {len(header) + 1} fields, got {len(fields)}")
+            raise PipelineError(f"{path}:{lineno}: {image_id} has {len(fields) - 1} values, "
+                                f"the header names {len(header)}")
+        if image_id in (".", "..") or "/" in image_id or "\\" in image_id:
+            raise PipelineError(f"{path}:{lineno}: image id {image_id!r} is not a file name")
+        if image_id in first_line:
+            raise PipelineError(f"{path}:{lineno}: image id {image_id} is listed more than once "
+                                f"(first on line {first_line[image_id]})")
+        first_line[image_id] = lineno
         value = fields[col + 1]
         if value not in ("-1", "1"):
-            raise PipelineError(f"{path}:{lineno}: {fields[0]} has {LABEL_ATTR}={value}, expected -1 or 1")
-        ids.append(fields[0])
+            raise PipelineError(f"{path}:{lineno}: {image_id} has {LABEL_ATTR}={value}, expected -1 or 1")
+        ids.append(image_id)
         labels.append(1 if value == "1" else 0)
-    frame = pd.DataFrame({"image_id": ids, "label": labels})
-    dup = frame["image_id"][frame["image_id"].duplicated()]
-    if len(dup):
-        raise PipelineError(f"{path}: image id {dup.iloc[0]} is listed more than once")
-    if frame.empty:
+    if not ids:
         raise PipelineError(f"{path}: attribute file lists no images")
-    return frame
+    return pd.DataFrame({"image_id": ids, "label": labels})
 
 
 def read_identities(root: Path) -> pd.DataFrame | None:
@@ -70,11 +90,101 @@ def read_identities(root: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, sep=r"\s+", header=None, names=["image_id", "identity"], dtype={"identity": int})
 
 
-def check_images_exist(root: Path, image_ids) -> None:
+# --- image checks ----------------------------------------------------------------------
+
+def _complete(fmt: str | None, tail: bytes) -> bool:
+    """Whether a file's last bytes are its format's end marker (trailing zero padding allowed)."""
+    tail = tail.rstrip(b"\0")
+    if fmt in ("JPEG", "MPO"):
+        return tail.endswith(JPEG_END)
+    if fmt == "PNG":
+        return tail.endswith(PNG_END)
+    return False  # other formats: no cheap test, decode them
+
+
+def image_problem(path: Path) -> str | None:
+    """What is wrong with one image file, or ``None`` if it is usable.
+
+    Cheap for the usual file: ``stat``, the header (format, size, mode) and the last bytes.
+    A JPEG must end with its end-of-image marker, a PNG with its IEND chunk; a file that does
+    not (or another format) is decoded in full, which settles it: data after the end marker
+    is fine, a file cut short is not.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    fmt = None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, st.st_size - TAIL_BYTES))
+            tail = fh.read()
+            fh.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. a corrupt EXIF block: harmless here
+                with Image.open(fh) as img:
+                    fmt, (w, h) = img.format, img.size
+                    if w < 1 or h < 1:
+                        return f"{fmt} image of {w}x{h} pixels"
+                    if _complete(fmt, tail):
+                        return None
+                    img.load()
+    except UnidentifiedImageError:
+        return f"not an image file Pillow can read ({st.st_size} bytes of unknown format)"
+    except Image.DecompressionBombError as exc:
+        return f"image too large to decode ({exc})"
+    except PermissionError as exc:
+        return f"cannot read ({exc.strerror})"
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on a damaged file
+        return _decode_problem(exc, fmt)
+    return None
+
+
+def _decode_problem(exc: Exception, fmt: str | None = None) -> str:
+    if isinstance(exc, OSError) and "truncated" in str(exc).lower():
+        return f"{fmt + ' ' if fmt else ''}file is truncated ({exc})"
+    return f"cannot decode image ({type(exc).__name__}: {exc})"
+
+
+def check_images(root: Path, image_ids, listed_in: str = ATTR_FILE) -> int:
+    """Check that every image of ``image_ids`` exists and that its file is a whole, readable
+    image (see :func:`image_problem`); raise one :class:`PipelineError` naming the first bad
+    one (and how many more there are). Returns the number of images checked."""
     folder = Path(root) / IMAGE_DIR
+    if not folder.is_dir():
+        raise PipelineError(f"{folder}: image folder not found (the images listed in {listed_in} belong there)")
+    first, bad, n = None, 0, 0
     for image_id in image_ids:
-        if not (folder / image_id).is_file():
-            raise PipelineError(f"{folder / image_id}: image listed in {ATTR_FILE} but not found")
+        n += 1
+        problem = image_problem(folder / image_id)
+        if problem is not None:
+            bad += 1
+            if first is None:
+                first = (image_id, problem)
+    if first is not None:
+        image_id, problem = first
+        if problem == "not found":
+            problem = f"listed in {listed_in} but not found"
+        more = f" (and {bad - 1} more bad image{'s' if bad > 2 else ''})" if bad > 1 else ""
+        raise PipelineError(f"{folder / image_id}: {problem}{more}")
+    return n
+
+
+# --- tensors ---------------------------------------------------------------------------
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode as RGB (grey, palette, CMYK, 16-bit ...); transparency is dropped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # Pillow warns when a palette with transparency goes straight to RGB
+    return img.convert("RGB")
 
 
 class Preset:
@@ -83,23 +193,35 @@ class Preset:
     def __init__(self, image_size: int):
         self.size = (image_size, image_size)
 
-    def __call__(self, img: Image.Image, flip: bool = False) -> torch.Tensor:
-        img = img.convert("RGB").resize(self.size, Image.BILINEAR)
+    def __call__(self, img: Image.Image, flip: bool = False):
+        from torchvision.transforms import functional as TF
+
+        img = _rgb(img).resize(self.size, Image.BILINEAR)
         if flip:
             img = TF.hflip(img)
         return TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
 
 
-def epoch_flips(n: int, seed: int, epoch: int) -> torch.Tensor:
+def epoch_flips(n: int, seed: int, epoch: int):
     """The flips of one training epoch: one coin per sample, from (seed, epoch) alone."""
+    import torch
+
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.rand(n, generator=g) < 0.5
 
 
-class FaceDataset(Dataset):
-    """Images of a split; ``train=True`` flips each sample by :func:`epoch_flips` of the epoch set."""
+class FaceDataset:
+    """Images of a split (a map-style dataset for :class:`torch.utils.data.DataLoader`);
+    ``train=True`` flips each sample by :func:`epoch_flips` of the epoch set.
+
+    On creation it checks every listed image again (:func:`check_images`: present, header
+    readable, not cut short; about 0.05 ms an image); an image that still cannot be decoded
+    later fails with a one-line :class:`PipelineError` naming it.
+    """
 
     def __init__(self, root: Path, frame: pd.DataFrame, image_size: int, train: bool = False, seed: int = 0):
+        import torch
+
         self.folder = Path(root) / IMAGE_DIR
         self.ids = list(frame["image_id"])
         self.labels = torch.tensor(frame["label"].to_numpy(), dtype=torch.float32)
@@ -107,6 +229,9 @@ class FaceDataset(Dataset):
         self.train = train
         self.seed = seed
         self.flips = torch.zeros(len(self.ids), dtype=torch.bool)
+        # the split lists may point at images that changed since the split stage checked them;
+        # read_split records which file the list came from
+        check_images(root, self.ids, listed_in=frame.attrs.get("source", "the split"))
 
     def set_epoch(self, epoch: int) -> None:
         if self.train:
@@ -120,20 +245,43 @@ class FaceDataset(Dataset):
         try:
             with Image.open(path) as img:
                 x = self.preset(img, flip=bool(self.flips[idx]))
-        except (OSError, ValueError) as exc:
-            raise PipelineError(f"{path}: cannot decode image ({exc})") from None
+        except FileNotFoundError:
+            raise PipelineError(f"{path}: image not found") from None
+        except UnidentifiedImageError:
+            raise PipelineError(f"{path}: not an image file Pillow can read") from None
+        except Exception as exc:  # noqa: BLE001 - truncated file, decompression bomb, damaged data ...
+            raise PipelineError(f"{path}: {_decode_problem(exc)}") from exc
         return x, self.labels[idx]
 
 
-def make_loader(ds: FaceDataset, batch_size: int, num_workers: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def make_loader(ds, batch_size: int, num_workers: int, shuffle: bool, seed: int = 0):
     """A loader whose order depends on ``seed`` alone (when shuffled)."""
+    import torch
+    from torch.utils.data import DataLoader
+
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
                       pin_memory=torch.cuda.is_available())
 
 
 def read_split(split_dir: Path, name: str) -> pd.DataFrame:
+    """One split's ``image_id,label`` rows, checked (the file may have been edited by hand)."""
     path = Path(split_dir) / f"{name}.csv"
     if not path.is_file():
         raise PipelineError(f"{path}: split file not found (run the split stage first)")
-    return pd.read_csv(path, dtype={"image_id": str, "label": int})
+    try:
+        frame = pd.read_csv(path, dtype={"image_id": str})
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise PipelineError(f"{path}: not a valid split file ({one_line(exc)})") from None
+    if list(frame.columns) != ["image_id", "label"]:
+        raise PipelineError(f"{path}: expected the columns image_id,label, got {','.join(map(str, frame.columns))}")
+    if frame.empty:
+        raise PipelineError(f"{path}: split file lists no images (run the split stage again)")
+    bad = frame[frame["image_id"].isna() | ~frame["label"].isin([0, 1])]
+    if len(bad):
+        row = bad.index[0]
+        raise PipelineError(f"{path}:{row + 2}: expected an image id and a label 0 or 1, "
+                            f"got {frame['image_id'][row]},{frame['label'][row]}")
+    frame = frame.astype({"label": int}).reset_index(drop=True)
+    frame.attrs["source"] = str(path)  # FaceDataset names the file when an image it lists is gone
+    return frame

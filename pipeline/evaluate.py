@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -39,17 +41,32 @@ def report(labels: np.ndarray, preds: np.ndarray) -> dict:
     return out
 
 
+def read_selection(path) -> dict:
+    """``select.output``: which registered model version to evaluate."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found (run the select stage first)")
+    try:
+        best = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise PipelineError(f"{path}: not valid JSON ({exc}; run the select stage again)") from None
+    keys = ("registered_model", "version", "variant", "run_id")
+    missing = [k for k in keys if not isinstance(best, dict) or k not in best]
+    if missing:
+        raise PipelineError(f"{path}: lacks '{missing[0]}' (run the select stage again)")
+    return best
+
+
 def evaluate(params: Params) -> dict:
-    best_path = params.path("select.output")
-    if not best_path.is_file():
-        raise PipelineError(f"{best_path}: not found (run the select stage first)")
-    best = json.loads(best_path.read_text())
+    """Predict the test split; every output is written after the MLflow run is logged, so a
+    failure leaves the previous outputs as they were."""
+    best = read_selection(params.path("select.output"))
+    test_frame = read_split(params.path("split.dir"), "test")
+    root = params.dataset_root()
     tracking.setup(params)
     uri = f"models:/{best['registered_model']}/{best['version']}"
     classifier = mlflow.pyfunc.load_model(uri).unwrap_python_model()
     classifier.net.to(resolve_device(str(params.get("train.device"))))
-    test_ds = FaceDataset(params.dataset_root(), read_split(params.path("split.dir"), "test"),
-                          classifier.image_size)
+    test_ds = FaceDataset(root, test_frame, classifier.image_size)
     loader = make_loader(test_ds, int(params.get("train.batch_size")), int(params.get("train.num_workers")),
                          shuffle=False)
     probs = torch.cat([classifier.predict_proba(x) for x, _ in loader]).numpy()
@@ -58,10 +75,9 @@ def evaluate(params: Params) -> dict:
     metrics = report(labels, preds)
     cm = confusion_matrix(labels, preds, labels=[0, 1])
     names = np.array(CLASS_NAMES)
+    confusion = pd.DataFrame({"actual": names[labels], "predicted": names[preds]})
     csv_path = params.path("evaluate.confusion_csv")
-    atomic_write(csv_path, lambda t: pd.DataFrame({"actual": names[labels], "predicted": names[preds]})
-                 .to_csv(t, index=False))
-    with mlflow.start_run(run_name="evaluate"):
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name="evaluate"):
         mlflow.set_tags({tracking.TAG_STAGE: "evaluate", tracking.TAG_VARIANT: best["variant"],
                          "selected_run_id": best["run_id"], "mlflow.parentRunId": best["run_id"],
                          "model_uri": uri, tracking.TAG_COMMIT: tracking.git_commit(params.root)})
@@ -71,10 +87,13 @@ def evaluate(params: Params) -> dict:
         for cls in (*CLASS_NAMES, "macro"):
             mlflow.log_metrics({f"test_{m}_{cls}": v for m, v in metrics[cls].items()})
         mlflow.log_dict(metrics, "classification_report.json")
+        tmp_csv = Path(tmp) / csv_path.name
+        confusion.to_csv(tmp_csv, index=False)
+        mlflow.log_artifact(str(tmp_csv), "confusion_matrix")
         tracking.log_confusion(cm, CLASS_NAMES, "confusion_matrix/test",
                                f"test: {best['variant']} (acc {metrics['accuracy']:.3f})",
                                save_png=params.path("evaluate.confusion_png"))
-        mlflow.log_artifact(str(csv_path), "confusion_matrix")
+    atomic_write(csv_path, lambda t: confusion.to_csv(t, index=False))
     write_json(params.path("evaluate.metrics"), metrics)
     return {**metrics, "variant": best["variant"]}
 

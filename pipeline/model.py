@@ -41,17 +41,26 @@ def _variance_preserving_init(model: nn.Module, seed: int) -> None:
 
 
 def _load_state_dict(model: nn.Module, path: Path, what: str) -> None:
+    """Load a VGG-16 state dict; the first key (in the model's order) that is missing, not a
+    tensor or of the wrong shape is reported, naming the file, the key and the shapes."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise PipelineError(f"{path}: cannot read {what} ({type(exc).__name__})") from None
+        raise PipelineError(f"{path}: cannot read {what} ({type(exc).__name__}; expected a state dict "
+                            "saved by torch.save(model.state_dict(), path))") from None
     if not isinstance(state, dict):
-        raise PipelineError(f"{path}: {what} is not a state dict")
+        raise PipelineError(f"{path}: {what} is not a state dict (it holds a {type(state).__name__})")
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise PipelineError(f"{path}: {what} lacks key '{missing[0]}' (not a VGG-16 state dict)")
     for key, value in expected.items():
+        if key not in state:
+            hint = ""
+            if any(str(k).endswith("." + key) for k in state):
+                hint = "; its keys carry a prefix such as 'module.'"
+            elif "state_dict" in state or "model" in state:
+                hint = "; it looks like a checkpoint that wraps the state dict"
+            raise PipelineError(f"{path}: {what} lacks key '{key}' (not a VGG-16 state dict{hint})")
+        if not isinstance(state[key], torch.Tensor):
+            raise PipelineError(f"{path}: {what} key '{key}' is a {type(state[key]).__name__}, not a tensor")
         if tuple(state[key].shape) != tuple(value.shape):
             raise PipelineError(f"{path}: {what} key '{key}' has shape {tuple(state[key].shape)}, "
                                 f"expected {tuple(value.shape)}")

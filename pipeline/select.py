@@ -54,7 +54,11 @@ def train_run_ids(params: Params) -> dict[str, str]:
         path = params.path("train.models_dir") / variant / "run.json"
         if not path.is_file():
             raise PipelineError(f"{path}: not found (run the train@{variant} stage first)")
-        ids[variant] = json.loads(path.read_text())["run_id"]
+        try:
+            ids[variant] = str(json.loads(path.read_text())["run_id"])
+        except (ValueError, OSError, KeyError, TypeError) as exc:
+            raise PipelineError(f"{path}: no run id in it ({type(exc).__name__}: {exc}; "
+                                f"run the train@{variant} stage again)") from None
     return ids
 
 

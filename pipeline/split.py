@@ -13,48 +13,76 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import time
+from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
-from pipeline import synthetic
-from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
-from pipeline.data import ATTR_FILE, check_images_exist, read_attributes
+from pipeline.config import Params, PipelineError, atomic_write, load_params, one_line, run_main, write_json
+from pipeline.data import ATTR_FILE, CLASS_NAMES, check_images, read_attributes
 
 SPLITS = ("train", "val", "test")
 
 
-def stratified_split(frame: pd.DataFrame, fractions: dict, seed: int) -> dict[str, pd.DataFrame]:
+def stratified_split(frame: pd.DataFrame, fractions: dict, seed: int,
+                     source: str | Path = ATTR_FILE) -> dict[str, pd.DataFrame]:
     """Seeded split of ``frame`` into train/val/test, each with the class balance of the whole."""
-    counts = frame["label"].value_counts()
-    for label in (0, 1):
-        if counts.get(label, 0) < 3:
-            raise PipelineError(f"{ATTR_FILE}: only {counts.get(label, 0)} images of class "
-                                f"{'male' if label else 'female'}; at least 3 are needed to stratify")
+    from sklearn.model_selection import train_test_split  # imported here: a bad data set fails fast
+
+    counts = {label: int((frame["label"] == label).sum()) for label in (0, 1)}
+    smallest = min(counts, key=counts.get)
+    few = f"{source}: only {counts[smallest]} images of class {CLASS_NAMES[smallest]}"
+    if counts[smallest] < 3:
+        raise PipelineError(f"{few}; at least 3 are needed to stratify")
     holdout = fractions["val"] + fractions["test"]
     try:
         train, rest = train_test_split(frame, test_size=holdout, stratify=frame["label"], random_state=seed)
         val, test = train_test_split(rest, test_size=fractions["test"] / holdout, stratify=rest["label"],
                                      random_state=seed)
     except ValueError as exc:
-        raise PipelineError(f"{ATTR_FILE}: too few images to stratify {len(frame)} rows ({exc})") from None
+        raise PipelineError(f"{few}, too few to stratify {len(frame)} images into train/val/test by "
+                            f"split.fractions (scikit-learn: {one_line(exc)})") from None
+    for name, part in zip(SPLITS, (train, val, test)):
+        if part["label"].nunique() < 2:
+            raise PipelineError(f"{few}, too few to put one of each class into {name} by split.fractions "
+                                f"({len(part)} images there)")
     return {name: part.sort_values("image_id").reset_index(drop=True)
             for name, part in zip(SPLITS, (train, val, test))}
 
 
-def split(params: Params) -> dict:
+def generate_synthetic(params: Params, seed: int) -> dict:
+    """The embedded default set, generated next to its place and then swapped in, so a failure
+    leaves the previous set (which the previous split lists point at) as it was."""
+    from pipeline import synthetic
+
+    target = params.dataset_root()
+    fresh = target.with_name(f".{target.name}.new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    try:
+        summary = synthetic.generate(fresh, int(params.get("data.synthetic.images")),
+                                     float(params.get("data.synthetic.label_noise")), seed)
+        shutil.rmtree(target, ignore_errors=True)
+        fresh.rename(target)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return summary
+
+
+def split(params: Params, log=None) -> dict:
+    """Read and check the data set, then write the split. Every check comes before the first
+    write, so bad data leaves the previous split files as they were."""
     seed = int(params.get("base.seed"))
     out = params.path("split.dir")
     summary: dict = {"source": params.get("data.source")}
     if params.get("data.source") == "synthetic":
-        target = params.dataset_root()
-        shutil.rmtree(target, ignore_errors=True)
-        summary["synthetic"] = synthetic.generate(target, int(params.get("data.synthetic.images")),
-                                                  float(params.get("data.synthetic.label_noise")), seed)
+        summary["synthetic"] = generate_synthetic(params, seed)
     root = params.dataset_root()
     frame = read_attributes(root)
-    check_images_exist(root, frame["image_id"])
-    parts = stratified_split(frame, params.get("split.fractions"), seed)
+    started = time.perf_counter()
+    n = check_images(root, frame["image_id"])
+    if log is not None:
+        log(f"split: checked {n} images in {time.perf_counter() - started:.1f} s")
+    parts = stratified_split(frame, params.get("split.fractions"), seed, root / ATTR_FILE)
     for name, part in parts.items():
         atomic_write(out / f"{name}.csv", lambda t, part=part: part.to_csv(t, index=False))
         summary[name] = {"images": len(part), "male": int(part["label"].sum()),
@@ -67,7 +95,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    summary = split(load_params(args.params))
+    summary = split(load_params(args.params), log=print)
     print("split: " + ", ".join(f"{s} {summary[s]['images']} ({summary[s]['male']} male)" for s in SPLITS))
 
 

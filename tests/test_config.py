@@ -14,6 +14,9 @@ from pipeline.tracking import tracking_uri
     ({"data.image_size": 16}, "data.image_size must be an integer >= 32"),
     ({"split.fractions": {"train": 0.8, "val": 0.1, "test": 0.2}}, "split.fractions must sum to 1"),
     ({"data.source": "imagenet"}, "data.source must be 'synthetic' or 'celeba'"),
+    ({"train.reuse_frozen": "yes"}, "train.reuse_frozen must be true or false"),
+    ({"train.frozen_dropout": 1}, "train.frozen_dropout must be true or false"),
+    ({"train.amp": "fp16"}, "train.amp must be one of none, bf16"),
 ])
 def test_bad_values_name_the_key(make_params, overrides, message):
     with pytest.raises(PipelineError, match=message):
@@ -34,8 +37,9 @@ def test_paths_resolve_against_the_params_folder(make_params, tmp_path, monkeypa
     assert tracking_uri(params) == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert tracking_uri(params) == "http://127.0.0.1:5999"
-    celeba = make_params({"data.source": "celeba", "data.root": "/srv/celeba"})
-    assert celeba.dataset_root().as_posix() == "/srv/celeba"
+    (tmp_path / "celeba").mkdir()
+    celeba = make_params({"data.source": "celeba", "data.root": str(tmp_path / "celeba")})
+    assert celeba.dataset_root() == tmp_path / "celeba"
 
 
 def test_stage_cli_prints_one_line_and_exits_1(make_params, tmp_path, capsys):
