@@ -1,15 +1,16 @@
 # make setup   - create .venv from requirements.txt (idempotent: redone only when requirements change)
 # make repro   - setup, then run the DVC pipeline (split -> train x4 -> select -> evaluate)
 # make test    - setup, then the whole test suite
+# make bench   - plain loop vs frozen-prefix reuse on the default config (prints a table + JSON)
 # make mlflow-ui - browse runs of the local SQLite store at http://127.0.0.1:5000
-# make clean   - remove generated data/ and models/ (not the MLflow store)
+# make clean   - remove generated data/ (split, feature cache) and models/ (not the MLflow store)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test mlflow-ui clean
+.PHONY: setup repro test bench mlflow-ui clean
 
 setup: $(STAMP)
 
@@ -23,6 +24,9 @@ repro: setup
 
 test: setup
 	python -m pytest
+
+bench: setup
+	python -m pipeline.bench
 
 mlflow-ui: setup
 	mlflow ui --backend-store-uri "$$(python -m pipeline.tracking)" --host 127.0.0.1 --port 5000

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -26,12 +27,11 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix
-from tqdm.auto import tqdm
 
-from pipeline import tracking
+from pipeline import frozen, tracking
 from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
 from pipeline.data import CLASS_NAMES, FaceDataset, make_loader, read_split
-from pipeline.engine import evaluate, resolve_device, train_one_epoch
+from pipeline.engine import evaluate, progress, resolve_device, train_one_epoch
 from pipeline.model import build_model, save_checkpoint, set_strategy
 
 MODEL_REQUIREMENTS = ("torch", "torchvision", "mlflow", "numpy", "pandas", "pyyaml", "scikit-learn")
@@ -62,17 +62,35 @@ def train(params: Params, variant: str) -> dict:
     split_dir = params.path("split.dir")
     root = params.dataset_root()
 
+    reuse = bool(params.get("train.reuse_frozen"))
+    frozen_dropout = bool(params.get("train.frozen_dropout"))
+    amp = str(params.get("train.amp"))
+    channels_last = bool(params.get("train.channels_last")) and device.type == "cuda"
+
     train_ds = FaceDataset(root, read_split(split_dir, "train"), size, train=True, seed=seed)
     val_ds = FaceDataset(root, read_split(split_dir, "val"), size)
-    val_loader = make_loader(val_ds, batch_size, workers, shuffle=False)
 
+    tracking.setup(params)  # a bad tracking URI fails here, before any work
     model = build_model(weights, seed, params.root)
     trainable = set_strategy(model, spec["strategy"])
     model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(spec["lr"]))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    tracking.setup(params)
+    cache, layer = None, "none"
+    if reuse:  # train the layers after the cached frozen prefix (pipeline.frozen)
+        cache = frozen.ensure_cache(params, model, device)
+        layer = frozen.layer_for(spec["strategy"], frozen_dropout)
+        net = frozen.Tail(model, layer, size).to(device)
+        train_data = frozen.open_split(cache["dir"], layer, "train", train_ds.labels, train=True, seed=seed)
+        val_data = frozen.open_split(cache["dir"], layer, "val", val_ds.labels, train=False, seed=seed)
+    else:  # the plain loop: every image through the whole network, every epoch
+        net, train_data, val_data = model, train_ds, val_ds
+    val_loader = make_loader(val_data, batch_size, workers, shuffle=False)
+    loop = {"amp": amp, "channels_last": channels_last}
+
     out_dir = params.path("train.models_dir") / variant
     ckpt_meta = {"variant": variant, "strategy": spec["strategy"], "lr": float(spec["lr"]),
                  "image_size": size, "weights": weights, "seed": seed, "config": params.resolved()}
@@ -86,18 +104,28 @@ def train(params: Params, variant: str) -> dict:
             "seed": seed, "data_source": params.get("data.source"), "n_train": len(train_ds),
             "n_val": len(val_ds), "optimizer": "Adam", "loss": "BCEWithLogitsLoss",
             "trainable_params": n_trainable, "trainable_layers": ",".join(sorted({n.rsplit(".", 1)[0] for n in trainable})),
+            "reuse_frozen": reuse, "frozen_dropout": frozen_dropout, "amp": amp, "device": device.type,
+            "channels_last": channels_last, "cached_layer": layer,
         })
-        for epoch in tqdm(range(1, epochs + 1), desc=variant, mininterval=2.0):
+        if cache is not None:
+            mlflow.log_metrics({"feature_cache_mb": cache["bytes"] / 2**20,
+                                "extract_seconds": cache["extract_seconds"]}, step=0)
+        epoch_seconds = []
+        for epoch in progress(range(1, epochs + 1), variant, leave=True):
             epoch_seed = seed * 1000 + epoch
             torch.manual_seed(epoch_seed)  # dropout of this epoch
-            train_ds.set_epoch(epoch)  # flips of this epoch
-            loader = make_loader(train_ds, batch_size, workers, shuffle=True, seed=epoch_seed)
-            tr = train_one_epoch(model, loader, optimizer, device, desc=f"epoch {epoch} train")
-            va = evaluate(model, val_loader, device, desc=f"epoch {epoch} val")
+            train_data.set_epoch(epoch)  # flips of this epoch
+            loader = make_loader(train_data, batch_size, workers, shuffle=True, seed=epoch_seed)
+            started = time.perf_counter()
+            tr = train_one_epoch(net, loader, optimizer, device, desc=f"epoch {epoch} train",
+                                 frozen_dropout=frozen_dropout, **loop)
+            va = evaluate(net, val_loader, device, desc=f"epoch {epoch} val", **loop)
+            epoch_seconds.append(time.perf_counter() - started)
             row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
                    "val_loss": va["loss"], "val_acc": va["acc"]}
             history.append(row)
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            mlflow.log_metrics({**{k: v for k, v in row.items() if k != "epoch"},
+                                "epoch_seconds": epoch_seconds[-1]}, step=epoch)
             ckpt = Path(tmp) / f"epoch_{epoch:03d}.pt"
             save_checkpoint(ckpt, model, epoch=epoch, metrics=row, **ckpt_meta)
             mlflow.log_artifact(str(ckpt), "checkpoints")
@@ -122,7 +150,9 @@ def train(params: Params, variant: str) -> dict:
     write_json(params.path("train.metrics_dir") / f"{variant}.json", summary)
     atomic_write(params.path("train.history_dir") / f"{variant}.csv",
                  lambda t: pd.DataFrame(history).to_csv(t, index=False, float_format="%.6f"))
-    return {"run_id": run_id, **summary}
+    timing = {"epoch_seconds": epoch_seconds, "extract_seconds": cache["extract_seconds"] if cache else 0.0,
+              "feature_cache_mb": cache["bytes"] / 2**20 if cache else 0.0}
+    return {"run_id": run_id, "history": history, "timing": timing, **summary}
 
 
 def log_pyfunc(params: Params, checkpoint: Path, example_ds: FaceDataset) -> str:

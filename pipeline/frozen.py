@@ -1,0 +1,328 @@
+"""Frozen-prefix reuse: compute VGG-16's frozen layers once per image, not once per epoch.
+
+Both strategies freeze the front of VGG-16, whose ``features`` have no batch norm and no
+dropout; random horizontal flip is the only augmentation. So the frozen prefix maps a
+training image to one of exactly two tensors (flipped or not), and a validation image to
+one. :func:`ensure_cache` computes them once into ``.npy`` files (memory-mapped when read)
+under ``train.feature_cache``; every epoch of every variant that shares the prefix then
+trains the :class:`Tail` on them. The result is the plain loop's result (same samples,
+same flips, same dropout masks), up to float rounding.
+
+Cached layers (``layer_for``):
+
+* ``pool4`` -- output of ``features[:24]``: ``last_block`` trains conv5 + head from it.
+* ``pool5`` -- output of ``features``: ``head_only`` trains from it; the frozen fc6/fc7 run
+  every step because their dropout is active in training, as in the seed experiment.
+* ``fc7``   -- output of fc7 + ReLU in eval mode: only with ``train.frozen_dropout: false``,
+  an inexact option (it switches the frozen dropout off) that makes ``head_only`` a
+  logistic regression on cached vectors.
+
+fc6 reads ``AdaptiveAvgPool2d((7, 7))`` of pool5. Below 224x224 pool5 is smaller than 7x7,
+the pooling is a fixed linear map, and for ``head_only`` :class:`FoldedFC6` folds it into
+fc6's weights (25,088 -> 512*s*s inputs: 12x fewer at 64x64): exact algebra, equal to the
+plain loop up to float rounding (~1e-7).
+
+A cache entry is keyed by everything its values depend on: the base weights (seed, or the
+weight file's hash), image size, the images' bytes, the code that reads and runs them, the
+torch version, device type and autocast mode. Stale entries are never reused; delete
+``train.feature_cache`` to reclaim the disk.
+
+Usage (the train stage calls this; by hand, to see the size it would take)::
+
+    python -m pipeline.frozen --params params.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.config import Params, PipelineError, load_params, run_main, write_json
+from pipeline.data import FaceDataset, read_split
+from pipeline.model import LAST_BLOCK
+
+FORMAT = 1
+LAYERS = ("pool4", "pool5", "fc7")  # in network order
+POOL4_END = LAST_BLOCK[0]  # features[:24] ends with pool4
+CODE_FILES = ("data.py", "model.py", "frozen.py")
+
+
+def layer_for(strategy: str, frozen_dropout: bool = True) -> str:
+    """The deepest frozen layer a strategy can train from."""
+    if strategy == "last_block":
+        return "pool4"
+    return "pool5" if frozen_dropout else "fc7"
+
+
+def layer_shape(layer: str, image_size: int) -> tuple[int, ...]:
+    if layer == "pool4":
+        return (512, image_size // 16, image_size // 16)
+    if layer == "pool5":
+        return (512, image_size // 32, image_size // 32)
+    return (4096,)
+
+
+def needed_layers(params: Params) -> list[str]:
+    """Layers the configured variants train from (the first stage builds them all at once)."""
+    fd = bool(params.get("train.frozen_dropout"))
+    wanted = {layer_for(v["strategy"], fd) for v in params.variants().values()}
+    return [layer for layer in LAYERS if layer in wanted]
+
+
+# --- the network after a cached layer ----------------------------------------------
+
+class FoldedFC6(nn.Module):
+    """``fc6(flatten(avgpool(z)))`` as one linear map of ``flatten(z)`` (fc6 frozen).
+
+    ``AdaptiveAvgPool2d((7, 7))`` of an ``s x s`` map (s < 7) is ``pooled = A @ z`` per
+    channel, with ``A`` of shape (49, s*s); fc6's weight (4096, 512*49) times ``A`` per
+    channel gives a (4096, 512*s*s) weight, computed once in float64.
+    """
+
+    def __init__(self, avgpool: nn.AdaptiveAvgPool2d, fc6: nn.Linear, s: int):
+        super().__init__()
+        basis = torch.eye(s * s, dtype=torch.float64).view(s * s, 1, s, s)
+        a = avgpool(basis).reshape(s * s, -1).T  # (49, s*s)
+        w = fc6.weight.detach().double().view(fc6.out_features, 512, a.shape[0])
+        self.register_buffer("weight", torch.einsum("ocq,qp->ocp", w, a).reshape(fc6.out_features, -1).float())
+        self.register_buffer("bias", fc6.bias.detach().clone())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.linear(torch.flatten(z, 1), self.weight, self.bias)
+
+
+class Tail(nn.Module):
+    """The part of ``model`` after a cached layer. It shares the model's parameters, so the
+    model's checkpoints and pyfunc export work unchanged."""
+
+    def __init__(self, model: nn.Module, layer: str, image_size: int):
+        super().__init__()
+        if layer not in LAYERS:
+            raise ValueError(layer)
+        fc6 = model.classifier[0]
+        if fc6.weight.requires_grad:
+            raise PipelineError("frozen-prefix reuse needs fc6 frozen")
+        self.block = model.features[POOL4_END:] if layer == "pool4" else nn.Identity()
+        s = image_size // 32
+        if layer == "fc7":
+            self.fc6 = nn.Identity()
+            self.rest = model.classifier[6:]
+        else:
+            # Fold only where no gradient flows through fc6 (head_only). Under last_block the
+            # fold's rounding (~1e-7) reaches conv5's gradients, and Adam's normalised steps
+            # amplify it to ~1e-4 in the loss within an epoch; unfolded, the loss is bitwise
+            # the plain loop's.
+            fold = layer == "pool5" and s < 7
+            self.fc6 = FoldedFC6(model.avgpool, fc6, s) if fold else nn.Sequential(model.avgpool, nn.Flatten(1), fc6)
+            self.rest = model.classifier[1:]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.fc6(self.block(z)))
+
+
+# --- reading the cache ---------------------------------------------------------------
+
+class CachedFeatures(Dataset):
+    """``(features, label)`` of a split; training sets pick the orientation of each sample
+    from the same :func:`pipeline.data.epoch_flips` the image loader uses."""
+
+    def __init__(self, array: np.ndarray, labels: torch.Tensor, train: bool = False, seed: int = 0):
+        self.array, self.labels, self.train, self.seed = array, labels, train, seed
+        self.flips = torch.zeros(len(labels), dtype=torch.bool)
+
+    def set_epoch(self, epoch: int) -> None:
+        from pipeline.data import epoch_flips
+
+        if self.train:
+            self.flips = epoch_flips(len(self.labels), self.seed, epoch)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: int):
+        view = self.array[int(self.flips[idx]), idx] if self.train else self.array[0, idx]
+        return torch.from_numpy(np.array(view)), self.labels[idx]
+
+
+# --- building the cache --------------------------------------------------------------
+
+def _hash_file(h, path: Path) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def weights_id(params: Params) -> str:
+    weights = str(params.get("model.weights"))
+    if weights == "none":
+        return f"none:seed={params.get('base.seed')}"
+    from pipeline.model import imagenet_cache_file
+
+    path = imagenet_cache_file() if weights == "imagenet" else params.path("model.weights")
+    if not path.is_file():
+        return f"missing:{path}"  # build_model reports it
+    h = hashlib.blake2b(digest_size=16)
+    _hash_file(h, path)
+    return f"{weights}:{h.hexdigest()}"
+
+
+def cache_key(params: Params, frames: dict[str, pd.DataFrame], device: torch.device) -> tuple[str, dict]:
+    """A digest of everything the cached values depend on, and its readable parts."""
+    here = Path(__file__).resolve().parent
+    code = hashlib.blake2b(digest_size=16)
+    for name in CODE_FILES:
+        code.update((here / name).read_bytes())
+    images = hashlib.blake2b(digest_size=16)
+    folder = params.dataset_root() / "img_align_celeba"
+    for split, frame in frames.items():
+        images.update(split.encode())
+        for image_id in frame["image_id"]:
+            images.update(image_id.encode())
+            _hash_file(images, folder / image_id)
+    parts = {"format": FORMAT, "weights": weights_id(params), "image_size": int(params.get("data.image_size")),
+             "images": images.hexdigest(), "code": code.hexdigest(), "torch": torch.__version__,
+             "device": device.type, "amp": str(params.get("train.amp"))}
+    digest = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=10).hexdigest()
+    return digest, parts
+
+
+def cache_bytes(layers, image_size: int, n_train: int, n_val: int) -> int:
+    """float32 bytes: training images twice (both orientations), validation once."""
+    return sum(4 * int(np.prod(layer_shape(layer, image_size))) * (2 * n_train + n_val) for layer in layers)
+
+
+def _files(entry: Path, layer: str) -> dict[str, Path]:
+    return {split: entry / f"{layer}.{split}.npy" for split in ("train", "val")}
+
+
+@torch.no_grad()
+def _forward_layers(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    out = {}
+    z = model.features[:POOL4_END](x)
+    out["pool4"] = z
+    if "pool5" in layers or "fc7" in layers:
+        z = model.features[POOL4_END:](z)
+        out["pool5"] = z
+    if "fc7" in layers:
+        out["fc7"] = model.classifier[:6](torch.flatten(model.avgpool(z), 1))
+    return {k: v for k, v in out.items() if k in layers}
+
+
+def _extract(model, ds: FaceDataset, orientations: int, layers, arrays, device, batch_size, workers, amp,
+             channels_last, desc) -> None:
+    from pipeline.data import make_loader
+    from pipeline.engine import autocast, progress, to_device
+
+    loader = make_loader(ds, batch_size, workers, shuffle=False)
+    start = 0
+    for x, _ in progress(loader, desc):
+        n = len(x)
+        x = to_device(x, device, channels_last)
+        if orientations == 2:  # the flip of a normalised tensor equals the flip of the image
+            x = torch.cat([x, torch.flip(x, dims=[-1])])
+        with autocast(device, amp):
+            feats = _forward_layers(model, x, layers)
+        for layer, value in feats.items():
+            value = value.float().cpu().numpy()
+            for o in range(orientations):
+                arrays[layer][o, start:start + n] = value[o * n:(o + 1) * n]
+        start += n
+
+
+def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=print) -> dict:
+    """Build the missing cached layers for this config (under a lock); return where they are.
+
+    Returns ``{"dir", "layers", "bytes", "built", "extract_seconds", "key"}``.
+    """
+    size = int(params.get("data.image_size"))
+    split_dir = params.path("split.dir")
+    frames = {s: read_split(split_dir, s) for s in ("train", "val")}
+    layers = needed_layers(params)
+    key, parts = cache_key(params, frames, device)
+    root = params.path("train.feature_cache")
+    entry = root / key
+    n_train, n_val = len(frames["train"]), len(frames["val"])
+    total = cache_bytes(layers, size, n_train, n_val)
+    result = {"dir": entry, "layers": layers, "bytes": total, "built": [], "extract_seconds": 0.0, "key": key}
+    entry.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent stage waits, then reuses
+        missing = [layer for layer in layers if not all(p.is_file() for p in _files(entry, layer).values())]
+        if not missing:
+            log(f"feature cache: reusing {'+'.join(layers)} ({total / 2**20:.1f} MB) in {entry}")
+            return result
+        need = cache_bytes(missing, size, n_train, n_val)
+        free = shutil.disk_usage(entry).free
+        log(f"feature cache: building {'+'.join(missing)} for {n_train} training images x 2 orientations "
+            f"+ {n_val} validation images: {need / 2**20:.1f} MB in {entry} ({free / 2**30:.1f} GB free; "
+            "train.reuse_frozen: false turns the cache off)")
+        if need > 0.95 * free:
+            raise PipelineError(f"train.feature_cache: {entry} needs {need / 2**30:.2f} GB, only "
+                                f"{free / 2**30:.2f} GB free (free space, move it, or set train.reuse_frozen: false)")
+        write_json(entry / "key.json", parts)
+        started = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        arrays, tmp_paths = {}, []
+        try:
+            for split, orientations in (("train", 2), ("val", 1)):
+                n = len(frames[split])
+                for layer in missing:
+                    tmp = _files(entry, layer)[split].with_suffix(f".tmp{os.getpid()}.npy")
+                    tmp_paths.append((tmp, _files(entry, layer)[split]))
+                    arrays[layer] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                              shape=(orientations, n, *layer_shape(layer, size)))
+                ds = FaceDataset(params.dataset_root(), frames[split], size)
+                _extract(model, ds, orientations, missing, arrays, device, int(params.get("train.batch_size")),
+                         int(params.get("train.num_workers")), str(params.get("train.amp")),
+                         bool(params.get("train.channels_last")), f"features {split}")
+                for arr in arrays.values():
+                    arr.flush()
+                arrays.clear()
+            for tmp, final in tmp_paths:
+                os.replace(tmp, final)
+        finally:
+            arrays.clear()
+            for tmp, _ in tmp_paths:
+                tmp.unlink(missing_ok=True)
+            model.train(was_training)
+        result["built"] = missing
+        result["extract_seconds"] = time.perf_counter() - started
+        log(f"feature cache: built in {result['extract_seconds']:.1f} s")
+    return result
+
+
+def open_split(entry: Path, layer: str, split: str, labels: torch.Tensor, train: bool, seed: int) -> CachedFeatures:
+    array = np.load(_files(entry, layer)[split], mmap_mode="r")
+    if array.shape[1] != len(labels):
+        raise PipelineError(f"{_files(entry, layer)[split]}: holds {array.shape[1]} rows, split has {len(labels)}")
+    return CachedFeatures(array, labels, train=train, seed=seed)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Estimate the frozen-feature cache of a config")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    size = int(params.get("data.image_size"))
+    frames = {s: read_split(params.path("split.dir"), s) for s in ("train", "val")}
+    layers = needed_layers(params)
+    total = cache_bytes(layers, size, len(frames["train"]), len(frames["val"]))
+    print(f"{'+'.join(layers)} at {size}x{size}, {len(frames['train'])} train x 2 + {len(frames['val'])} val "
+          f"images: {total / 2**20:.1f} MB under {params.path('train.feature_cache')}")
+
+
+if __name__ == "__main__":
+    run_main(main)
