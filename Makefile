@@ -3,6 +3,10 @@
 # make test    - setup, then the whole test suite
 # make bench   - plain loop vs frozen-prefix reuse on the default config (prints a table + JSON)
 # make mlflow-ui - browse runs of the local SQLite store at http://127.0.0.1:5000
+# make mlflow-server - a tracking server on 127.0.0.1:5000 over the same store, for parallel runs:
+#                 export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (HOST=0.0.0.0 to serve a team)
+# make celeba-sample - the whole pipeline on ../shared/celeba-sample (real CelebA) as DVC experiment
+#                  `celeba-sample`, in a temporary copy: params.yaml, dvc.lock, workspace untouched
 # make clean   - remove generated data/ (split, feature cache) and models/ (not the MLflow store)
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +14,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test bench mlflow-ui clean
+.PHONY: setup repro test bench mlflow-ui mlflow-server celeba-sample clean
 
 setup: $(STAMP)
 
@@ -29,7 +33,33 @@ bench: setup
 	python -m pipeline.bench
 
 mlflow-ui: setup
-	mlflow ui --backend-store-uri "$$(python -m pipeline.tracking)" --host 127.0.0.1 --port 5000
+	mlflow ui --backend-store-uri "$$(python -m pipeline.tracking --what store)" --host 127.0.0.1 --port 5000
+
+HOST ?= 127.0.0.1
+PORT ?= 5000
+mlflow-server: setup
+	mlflow server --backend-store-uri "$$(python -m pipeline.tracking --what store)" \
+		--artifacts-destination "$$(python -m pipeline.tracking --what artifacts)" --host $(HOST) --port $(PORT)
+
+# The real-data check. `dvc exp run --temp` runs the pipeline of this working tree (uncommitted
+# changes included) in .dvc/tmp/exps/ with the -S overrides applied there, and keeps the result
+# (params, dvc.lock, metrics, models) as the experiment `celeba-sample` (--force replaces the last
+# one): `dvc exp show` compares it with the default run, `dvc exp apply celeba-sample` brings it
+# into the workspace. The copy lives elsewhere, so data.root is made absolute and the runs go to
+# this workspace's MLflow store (or $MLFLOW_TRACKING_URI) under their own experiment and registered
+# model, leaving the default's `champion` alone. Split by identity: no person in two splits.
+# 64x64 (data.image_size) as by default; 224 needs a GPU. More overrides, e.g.:
+#   make celeba-sample CELEBA_SAMPLE_ARGS="-S train.epochs=1 -S data.limit=1000"
+CELEBA_SAMPLE ?= ../shared/celeba-sample
+CELEBA_SAMPLE_ARGS ?=
+celeba-sample: setup
+	@test -d "$(CELEBA_SAMPLE)" || { echo "error: $(CELEBA_SAMPLE): CelebA folder not found (make celeba-sample CELEBA_SAMPLE=/path/to/it)" >&2; exit 1; }
+	uri="$$(python -m pipeline.tracking)" && MLFLOW_TRACKING_URI="$$uri" \
+	dvc exp run --temp --force --name celeba-sample \
+	    -S data.source=celeba -S 'data.root=$(abspath $(CELEBA_SAMPLE))' -S split.group_by=identity \
+	    -S base.mlflow.experiment=celeba-sample -S base.mlflow.registered_model=celeba-gender-vgg16-sample \
+	    -S 'base.mlflow.artifact_root=$(CURDIR)/mlartifacts' $(CELEBA_SAMPLE_ARGS)
+	dvc exp show --md --drop '.*' --keep 'Experiment|.*best_val_acc|accuracy|split.group_by|data.root'
 
 # Generated pipeline outputs only; the MLflow store (mlflow.db, mlartifacts/) keeps its history.
 clean:

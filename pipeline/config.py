@@ -19,6 +19,8 @@ import yaml
 
 STRATEGIES = ("head_only", "last_block")
 AMP_MODES = ("none", "bf16")
+GROUP_BY = ("none", "identity")  # split.group_by
+LIMIT_MIN = 20  # data.limit: the fewest images a stratified 80/10/10 split can take
 VARIANT_KEYS = ("strategy", "lr")  # what a train.variants entry may hold
 DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 DEBUG_ENV = "PIPELINE_DEBUG"  # set to 1: unexpected errors show their traceback
@@ -49,6 +51,18 @@ class Params:
         p = Path(os.path.expanduser(str(self.get(dotted))))
         return p if p.is_absolute() else self.root / p
 
+    def shared_root(self) -> Path:
+        """What shared state (the MLflow store, the feature cache) resolves against: the repo
+        that a queued or temporary ``dvc exp run`` copied (DVC sets ``DVC_ROOT`` to it in every
+        stage), so experiments land in the store the user browses; else the params folder."""
+        env = os.environ.get("DVC_ROOT")
+        return Path(env).resolve() if env and Path(env).is_dir() else self.root
+
+    def shared_path(self, dotted: str) -> Path:
+        """A path-valued key, resolved against :meth:`shared_root`."""
+        p = Path(os.path.expanduser(str(self.get(dotted))))
+        return p if p.is_absolute() else self.shared_root() / p
+
     def variants(self) -> dict[str, dict]:
         return self.get("train.variants")
 
@@ -67,7 +81,8 @@ class Params:
             if not root.is_dir():
                 what = "is not a folder" if root.exists() else "not found"
                 raise PipelineError(f"data.root: {root} {what} ({self.name} data.root must be the CelebA folder "
-                                    "that holds img_align_celeba/ and list_attr_celeba.txt)")
+                                    "that holds img_align_celeba/ and list_attr_celeba.txt, or Kaggle's "
+                                    "list_attr_celeba.csv)")
             return root
         return self.path("split.dir") / "synthetic"
 
@@ -120,7 +135,12 @@ def validate(p: Params) -> None:
         noise = p.get("data.synthetic.label_noise")
         check(_is_number(noise) and 0 <= noise <= 1,
               f"data.synthetic.label_noise must be a number from 0 to 1, got {_got(noise)}")
+    limit = p.get("data.limit")
+    check(limit is None or (_is_int(limit) and limit >= LIMIT_MIN),
+          f"data.limit must be null (every image) or an integer >= {LIMIT_MIN}, got {_got(limit)}")
     check_int("data.image_size", 32, " (VGG-16 halves it five times)")
+    group_by = p.get("split.group_by")
+    check(group_by in GROUP_BY, f"split.group_by must be one of {', '.join(GROUP_BY)}, got {_got(group_by)}")
     fr = p.get("split.fractions")
     check(isinstance(fr, dict) and set(fr) == {"train", "val", "test"},
           f"split.fractions must have exactly the keys train, val, test, got {_got(fr)}")
@@ -140,7 +160,7 @@ def validate(p: Params) -> None:
         check(isinstance(p.get(key), bool), f"{key} must be true or false, got {_got(p.get(key))}")
     amp = p.get("train.amp")
     check(amp in AMP_MODES, f"train.amp must be one of {', '.join(AMP_MODES)}, got {_got(amp)}")
-    for key in ("split.dir", "train.feature_cache", "train.models_dir", "train.metrics_dir", "train.history_dir", "select.output",
+    for key in ("split.dir", "train.feature_cache", "train.models_dir", "train.metrics_dir", "train.history_dir", "select.output", "select.curves",
                 "evaluate.metrics", "evaluate.confusion_csv", "evaluate.confusion_png"):
         check_str(key)
     variants = p.variants()

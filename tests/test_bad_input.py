@@ -174,6 +174,24 @@ def params_not_yaml(root, params):
     params.write_text("data: [1, 2\nsplit: {dir: data/split}\n")
 
 
+def to_kaggle_with_bad_value(root, params):
+    """The folder moved into Kaggle's layout (CSV, images one folder deeper), one Male value 0."""
+    lines = attr_lines(root)
+    (root / ATTR_FILE).unlink()
+    rows = [line.split() for line in lines[2:]]
+    rows[4][1 + lines[1].split().index("Male")] = "0"  # 000005.jpg, line 6 of the CSV
+    (root / "list_attr_celeba.csv").write_text(",".join(["image_id", *lines[1].split()]) + "\n"
+                                               + "".join(",".join(r) + "\n" for r in rows))
+    (root / IMAGE_DIR).rename(root.parent / "images")
+    (root / IMAGE_DIR).mkdir()
+    (root.parent / "images").rename(root / IMAGE_DIR / IMAGE_DIR)
+
+
+def identity_file_missing(root, params):
+    edit_params(params, {"split.group_by": "identity"})
+    (root / "identity_CelebA.txt").unlink()
+
+
 def params_duplicate_key(root, params):
     params.write_text(params.read_text() + "train:\n  epochs: 5\n")
 
@@ -208,6 +226,11 @@ SPLIT_CASES = [
     ("19a-params-not-yaml", params_not_yaml, ["params.yaml: not valid YAML at line 2"]),
     ("19b-params-missing-key", params_missing_key, ["params.yaml: missing key 'train.epochs'"]),
     ("19c-params-duplicate-key", params_duplicate_key, ["params.yaml: not valid YAML", "duplicate key 'train'"]),
+    ("20-kaggle-csv-bad-value", to_kaggle_with_bad_value, ["{root}/list_attr_celeba.csv:6", "000005.jpg has Male=0"]),
+    ("21-identity-file-missing", identity_file_missing,
+     ["{root}/identity_CelebA.txt: identity file not found", "split.group_by: identity"]),
+    ("22-limit-above-available", params_change({"data.limit": 41}),
+     ["params.yaml: data.limit is 41, more than the 40 images listed in {root}/list_attr_celeba.txt"]),
 ]
 
 
@@ -406,6 +429,8 @@ def test_an_edited_split_file_is_named(project):
     ({"model.weights": None}, "model.weights must be none, imagenet or the path of a VGG-16 state dict, got None"),
     ({"base.seed": -1}, "base.seed must be an integer >= 0"),
     ({"data.synthetic.label_noise": 2}, "data.synthetic.label_noise must be a number from 0 to 1"),
+    ({"data.limit": 5}, "data.limit must be null (every image) or an integer >= 20, got 5"),
+    ({"split.group_by": "identities"}, "split.group_by must be one of none, identity, got 'identities'"),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None)
 def test_params_checks(tmp_path, overrides, message):
     path = write_params(tmp_path, {"train.variants": {VARIANT: {"strategy": "head_only", "lr": 0.001}}})

@@ -52,3 +52,26 @@ def test_real_celeba_end_to_end(make_params, celeba_subset, tmp_path):
     assert metrics["n_test"] == summary["test"]["images"] == len(cm)
     assert metrics["accuracy"] == pytest.approx((cm["actual"] == cm["predicted"]).mean())
     assert json.loads(params.path("evaluate.metrics").read_text())["accuracy"] == metrics["accuracy"]
+
+
+def test_real_celeba_kaggle_layout_limit_and_identity_split(make_params, tmp_path):
+    """The whole sample in Kaggle's layout (CSV, images twice nested), a data.limit subset of it,
+    split by identity, through training, selection and evaluation."""
+    from celeba_layouts import kaggle_from
+
+    root = kaggle_from(CELEBA_SAMPLE, tmp_path / "kaggle")
+    params = make_params({"data.source": "celeba", "data.root": str(root), "data.image_size": 64,
+                          "data.limit": N, "split.group_by": "identity",
+                          "train.variants": {VARIANT: {"strategy": "last_block", "lr": 0.0001}}},
+                         folder=tmp_path / "project")
+    summary = split(params)
+    assert summary["layout"] == "kaggle" and summary["limit"] == {"images": N, "of": 4584}
+    assert summary["group_by"] == "identity" and summary["identity_overlap"] == 0
+    assert sum(summary[s]["images"] for s in ("train", "val", "test")) == N
+    assert abs(sum(summary[s]["male"] for s in ("train", "val", "test")) - N * 2054 / 4584) <= 1
+    assert sum(summary[s]["identities"] for s in ("train", "val", "test")) == summary["identities"]
+    trained = train(params, VARIANT)
+    assert 0.0 <= trained["best_val_acc"] <= 1.0
+    assert select(params)["run_id"] == trained["run_id"]
+    metrics = evaluate(params)
+    assert metrics["n_test"] == summary["test"]["images"]

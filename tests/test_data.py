@@ -97,3 +97,147 @@ def test_dataset_resizes_normalises_and_flips_by_epoch(tmp_path):
     # evaluation never flips, and flips of a new epoch differ
     assert not FaceDataset(root, frame, 32).flips.any()
     assert not torch.equal(epoch_flips(64, 3, 2), flips)
+
+
+# --- both layouts: official and Kaggle ---------------------------------------------------------
+
+from celeba_layouts import KAGGLE_EXTRAS, attr_rows, kaggle_from, official_from  # noqa: E402
+from conftest import CELEBA_SAMPLE  # noqa: E402
+from pipeline.data import (ATTR_CSV, KAGGLE, OFFICIAL, check_images, detect_layout,  # noqa: E402
+                           identities_of)
+
+needs_sample = pytest.mark.skipif(not CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}")
+
+
+def test_layouts_are_detected(tmp_path):
+    official = write_celeba(tmp_path / "o", [1, 0, 1])
+    kaggle = kaggle_from(official, tmp_path / "k")
+    o, k = detect_layout(official), detect_layout(kaggle)
+    assert (o.kind, o.attr_file, o.image_dir) == (OFFICIAL, official / "list_attr_celeba.txt",
+                                                  official / "img_align_celeba")
+    assert (k.kind, k.attr_file, k.image_dir) == (KAGGLE, kaggle / "list_attr_celeba.csv",
+                                                  kaggle / "img_align_celeba" / "img_align_celeba")
+    assert k.identity_file == kaggle / "identity_CelebA.txt"
+    # nothing there yet: the official names, which the errors then show
+    empty = detect_layout(tmp_path / "none")
+    assert (empty.kind, empty.attr_file.name, empty.image_dir) == (OFFICIAL, "list_attr_celeba.txt",
+                                                                   tmp_path / "none" / "img_align_celeba")
+    # a Kaggle CSV without its images: the error names the folder Kaggle's zip makes
+    (tmp_path / "csv-only").mkdir()
+    (tmp_path / "csv-only" / ATTR_CSV).write_text("image_id,Male\n000001.jpg,1\n")
+    assert detect_layout(tmp_path / "csv-only").image_dir == tmp_path / "csv-only" / "img_align_celeba" / "img_align_celeba"
+
+
+def test_kaggle_layout_reads_and_loads_like_the_official_one(tmp_path):
+    official = write_celeba(tmp_path / "o", [1, 0, 0, 1, 1, 0])
+    kaggle = kaggle_from(official, tmp_path / "k")
+    frame = read_attributes(kaggle)
+    assert frame.equals(read_attributes(official))
+    assert read_identities(kaggle).equals(read_identities(official))
+    assert check_images(kaggle, frame["image_id"]) == 6
+    a, b = FaceDataset(official, frame, 32), FaceDataset(kaggle, frame, 32)
+    assert b.folder == kaggle / "img_align_celeba" / "img_align_celeba"
+    for i in range(6):
+        assert torch.equal(a[i][0], b[i][0]) and a[i][1] == b[i][1]
+
+
+def test_the_official_file_wins_when_both_exist(tmp_path):
+    root = write_celeba(tmp_path / "c", [1, 0, 1])
+    (root / ATTR_CSV).write_text("image_id,Male\n000001.jpg,-1\n")  # would say otherwise
+    assert detect_layout(root).kind == OFFICIAL
+    assert list(read_attributes(root)["label"]) == [1, 0, 1]
+
+
+def test_images_without_a_row_and_kaggles_other_csvs_are_ignored(tmp_path):
+    official = write_celeba(tmp_path / "o", [1, 0, 0, 1, 1, 0])
+    kaggle = kaggle_from(official, tmp_path / "k", n=4)  # 6 images, 4 rows (a subset such as CelebA30k)
+    assert all((kaggle / name).is_file() for name in KAGGLE_EXTRAS)
+    frame = read_attributes(kaggle)
+    assert list(frame["image_id"]) == [f"{i:06d}.jpg" for i in range(1, 5)]
+    assert check_images(kaggle, frame["image_id"]) == 4
+
+
+def test_a_listed_image_missing_in_the_kaggle_folder_is_named(tmp_path):
+    kaggle = kaggle_from(write_celeba(tmp_path / "o", [1, 0, 1]), tmp_path / "k")
+    gone = kaggle / "img_align_celeba" / "img_align_celeba" / "000002.jpg"
+    gone.unlink()
+    with pytest.raises(PipelineError) as exc:
+        check_images(kaggle, read_attributes(kaggle)["image_id"])
+    assert str(exc.value) == f"{gone}: listed in list_attr_celeba.csv but not found"
+    (kaggle / "img_align_celeba").rename(tmp_path / "elsewhere")  # no image folder at all
+    with pytest.raises(PipelineError, match=r"img_align_celeba/img_align_celeba: image folder not found "
+                                            r"\(the images listed in list_attr_celeba.csv belong there\)"):
+        check_images(kaggle, ["000001.jpg"])
+
+
+HEADER = "image_id,5_o_Clock_Shadow,Male,Young"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "list_attr_celeba.csv: attribute file is empty"),
+    (f"{HEADER}\n", "list_attr_celeba.csv: attribute file lists no images"),
+    ("id,5_o_Clock_Shadow,Male,Young\n000001.jpg,1,1,1\n", "list_attr_celeba.csv:1: header has no 'image_id' column"),
+    ("202599\n5_o_Clock_Shadow Male Young\n", "list_attr_celeba.csv:1: header has no 'image_id' column"),
+    ("image_id,5_o_Clock_Shadow,Gender,Young\n000001.jpg,1,1,1\n", "list_attr_celeba.csv:1: header has no 'Male' column"),
+    (f"{HEADER}\n000001.jpg,1,1,1\n000002.jpg,1,0,1\n", "list_attr_celeba.csv:3: 000002.jpg has Male=0, expected -1 or 1"),
+    (f"{HEADER}\n000001.jpg,1,1,1\n\n000002.jpg,1,,1\n", "list_attr_celeba.csv:4: 000002.jpg has Male=, expected -1 or 1"),
+    (f"{HEADER}\n000001.jpg,1,1,1\n000002.jpg,1,1,1\n000001.jpg,1,-1,1\n",
+     "list_attr_celeba.csv:4: image id 000001.jpg is listed more than once (first on line 2)"),
+    (f"{HEADER}\n000001.jpg,1,1,1\n000002.jpg,1,1\n", "list_attr_celeba.csv:3: 000002.jpg has 2 values, the header names 3"),
+    (f"{HEADER}\n000001.jpg 1 1 1\n", "list_attr_celeba.csv:2: 000001.jpg 1 1 1 has 0 values, the header names 3"),
+    (f"{HEADER}\n../000001.jpg,1,1,1\n", "list_attr_celeba.csv:2: image id '../000001.jpg' is not a file name"),
+], ids=["empty", "header-only", "no-image_id", "official-text-renamed", "no-Male", "Male-0", "Male-empty",
+        "duplicate", "short-row", "not-comma-separated", "path-as-id"])
+def test_kaggle_csv_errors_name_file_and_line(tmp_path, text, message):
+    (tmp_path / ATTR_CSV).write_text(text)
+    with pytest.raises(PipelineError) as exc:
+        read_attributes(tmp_path)
+    assert str(exc.value).startswith(f"{tmp_path / ATTR_CSV}") and message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_kaggle_csv_with_bom_crlf_and_spaces(tmp_path):
+    (tmp_path / ATTR_CSV).write_bytes(("\ufeff" + f"{HEADER}\r\n000001.jpg, 1, 1 ,1\r\n000002.jpg,1,-1,1\r\n")
+                                      .encode("utf-8"))
+    frame = read_attributes(tmp_path)
+    assert list(frame["image_id"]) == ["000001.jpg", "000002.jpg"] and list(frame["label"]) == [1, 0]
+
+
+def test_identities_of_names_the_missing_file_or_image(tmp_path):
+    root = write_celeba(tmp_path / "c", [1, 0, 1, 0])
+    assert identities_of(root, ["000003.jpg", "000001.jpg"]).tolist() == [0, 1]
+    path = root / "identity_CelebA.txt"
+    path.write_text("000001.jpg 1\n000002.jpg 2\n")
+    with pytest.raises(PipelineError) as exc:
+        identities_of(root, read_attributes(root)["image_id"])
+    assert str(exc.value) == f"{path}: no identity for 000003.jpg, listed in list_attr_celeba.txt (and 1 more)"
+    path.write_text("000001.jpg 1\n000002.jpg two\n")
+    with pytest.raises(PipelineError, match=rf"^{path}:2: expected 'image_id identity' \(an integer\), got '000002.jpg two'$"):
+        identities_of(root, ["000001.jpg"])
+    path.write_text("000001.jpg 1\n000001.jpg 2\n")
+    with pytest.raises(PipelineError, match=rf"^{path}:2: image id 000001.jpg is listed more than once"):
+        identities_of(root, ["000001.jpg"])
+    path.unlink()
+    with pytest.raises(PipelineError, match=rf"^{path}: identity file not found \(split.group_by: identity needs"):
+        identities_of(root, ["000001.jpg"])
+
+
+@needs_sample
+def test_real_sample_in_kaggle_layout_reads_to_the_same_frame(tmp_path):
+    """A few hundred rows of the real sample, written both ways; Kaggle's folder holds all 4,584
+    images (most without a row)."""
+    n = 300
+    official = official_from(CELEBA_SAMPLE, tmp_path / "official", n)
+    kaggle = kaggle_from(CELEBA_SAMPLE, tmp_path / "kaggle", n)
+    a, b = read_attributes(official), read_attributes(kaggle)
+    assert (detect_layout(official).kind, detect_layout(kaggle).kind) == (OFFICIAL, KAGGLE)
+    assert list(a.columns) == list(b.columns) == ["image_id", "label"] and len(a) == n
+    assert a.equals(b)
+    header, rows = attr_rows(CELEBA_SAMPLE, n)
+    assert list(b["label"]) == [int(r[1 + header.index("Male")] == "1") for r in rows]
+    assert read_attributes(CELEBA_SAMPLE).head(n).equals(a)
+    assert len(list((kaggle / "img_align_celeba" / "img_align_celeba").iterdir())) == 4584
+    assert check_images(official, a["image_id"]) == check_images(kaggle, b["image_id"]) == n
+    assert identities_of(kaggle, b["image_id"]).equals(identities_of(official, a["image_id"]))
+    x, y = FaceDataset(kaggle, b.head(2), 64)[1]
+    assert torch.equal(x, FaceDataset(official, a.head(2), 64)[1][0]) and y.item() == a["label"][1]

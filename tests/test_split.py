@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import PipelineError
+from pipeline.data import read_split
 from pipeline.split import split, stratified_split
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -49,3 +50,165 @@ def test_split_stage_on_the_generated_default(make_params):
     first = (out / "test.csv").read_text()
     split(params)  # a rerun reproduces the same files
     assert (out / "test.csv").read_text() == first
+
+
+# --- split.group_by: identity -------------------------------------------------------------------
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from conftest import CELEBA_SAMPLE  # noqa: E402
+from pipeline.data import identities_of, read_attributes  # noqa: E402
+from pipeline.split import SPLITS, identity_split, limit_subset  # noqa: E402
+
+needs_sample = pytest.mark.skipif(not CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}")
+
+
+def people(n_people=800, seed=0):
+    """Images of ``n_people`` persons (1-6 each), labelled by person with 5 % noise."""
+    rng = np.random.default_rng(seed)
+    ids, labels, who = [], [], []
+    for person in range(n_people):
+        male = rng.random() < 0.42
+        for _ in range(int(rng.integers(1, 7))):
+            ids.append(f"{len(ids) + 1:06d}.jpg")
+            labels.append(int(male != (rng.random() < 0.05)))
+            who.append(person * 7 + 3)  # identities need not be 0..n-1
+    return pd.DataFrame({"image_id": ids, "label": labels}), pd.Series(who)
+
+
+def assert_identity_split(parts, frame, identity, within=0.01):
+    person = dict(zip(frame["image_id"], identity))
+    sets = {name: {person[i] for i in parts[name]["image_id"]} for name in SPLITS}
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
+    assert sorted(pd.concat(parts.values())["image_id"]) == sorted(frame["image_id"])
+    whole = frame["label"].mean()
+    for name in SPLITS:
+        part = parts[name]
+        assert abs(part["label"].mean() - whole) <= within, (name, part["label"].mean(), whole)
+        assert abs(len(part) - FRACTIONS[name] * len(frame)) <= 0.01 * len(frame), (name, len(part))
+        assert list(part.columns) == ["image_id", "label"] and part["image_id"].is_monotonic_increasing
+    return sets
+
+
+def test_identity_split_is_disjoint_balanced_and_seeded():
+    f, who = people()
+    a = identity_split(f, who, FRACTIONS, seed=0)
+    assert_identity_split(a, f, who)
+    assert all(a[k].equals(identity_split(f, who, FRACTIONS, seed=0)[k]) for k in SPLITS)
+    assert not a["test"].equals(identity_split(f, who, FRACTIONS, seed=1)["test"])
+    # other fractions too
+    other = identity_split(f, who, {"train": 0.6, "val": 0.25, "test": 0.15}, seed=0)
+    assert abs(len(other["val"]) - 0.25 * len(f)) <= 0.01 * len(f)
+
+
+def test_identity_split_too_few_people_or_of_a_class():
+    two = pd.DataFrame({"image_id": [f"{i:06d}.jpg" for i in range(10)], "label": [0, 1] * 5})
+    with pytest.raises(PipelineError, match="only 2 identities, too few to split by person"):
+        identity_split(two, pd.Series([1] * 5 + [2] * 5), FRACTIONS, seed=0)
+    with pytest.raises(PipelineError, match="only 2 images of class male"):
+        identity_split(frame(100, 0.02), pd.Series(range(100)), FRACTIONS, seed=0)
+
+
+@needs_sample
+@pytest.mark.parametrize("seed", [0, 42])
+def test_identity_split_on_the_real_sample(seed):
+    """4,584 real images of 3,614 people: no person in two splits, each split's male share within
+    one percentage point of the whole's (44.8 %)."""
+    f = read_attributes(CELEBA_SAMPLE)
+    who = identities_of(CELEBA_SAMPLE, f["image_id"])
+    sets = assert_identity_split(identity_split(f, who, FRACTIONS, seed=seed), f, who)
+    assert sum(len(s) for s in sets.values()) == who.nunique() == 3614
+
+
+def test_split_stage_by_identity_records_people(make_params):
+    params = make_params({"data.synthetic.images": 300, "split.group_by": "identity"})
+    summary = split(params)
+    recorded = json.loads((params.path("split.dir") / "split.json").read_text())
+    assert recorded == summary and summary["group_by"] == "identity"
+    assert summary["identity_overlap"] == 0
+    assert sum(summary[s]["identities"] for s in SPLITS) == summary["identities"] == summary["synthetic"]["identities"]
+    assert sum(summary[s]["images"] for s in SPLITS) == 300
+    root = params.dataset_root()
+    who = identities_of(root, read_attributes(root)["image_id"])
+    parts = {s: pd.read_csv(params.path("split.dir") / f"{s}.csv", dtype={"image_id": str}) for s in SPLITS}
+    assert_identity_split(parts, read_attributes(root), who, within=0.05)  # 30 images in val: a person is 3 points
+
+
+def test_split_by_identity_without_identities(make_params):
+    params = make_params({"data.synthetic.images": 60, "split.group_by": "identity"})
+    split(params)
+    root = params.dataset_root()
+    params = make_params({"data.source": "celeba", "data.root": str(root), "split.group_by": "identity"})
+    (root / "identity_CelebA.txt").write_text("000001.jpg 1\n")
+    with pytest.raises(PipelineError, match=r"identity_CelebA.txt: no identity for 000002.jpg, listed in "
+                                            r"list_attr_celeba.txt \(and 58 more\)$"):
+        split(params)
+    (root / "identity_CelebA.txt").unlink()
+    with pytest.raises(PipelineError, match=r"identity_CelebA.txt: identity file not found"):
+        split(params)
+
+
+def test_default_split_records_group_by_none_and_reports_the_identity_overlap(make_params):
+    """The plain split ignores people; with identity_CelebA.txt at hand it says how many straddle splits."""
+    summary = split(make_params({"data.synthetic.images": 60}))
+    assert summary["group_by"] == "none" and "limit" not in summary
+    people = {}
+    for name in ("train", "val", "test"):
+        assert summary[name]["identities"] <= summary[name]["images"]
+    ids = pd.read_csv(make_params().dataset_root() / "identity_CelebA.txt", sep=" ", header=None,
+                      names=["image_id", "identity"]).set_index("image_id")["identity"]
+    for name in ("train", "val", "test"):
+        for image in read_split(make_params().path("split.dir"), name)["image_id"]:
+            people.setdefault(ids[image], set()).add(name)
+    assert summary["identities"] == len(people)
+    assert summary["identity_overlap"] == sum(len(splits) > 1 for splits in people.values()) > 0
+
+
+# --- data.limit ---------------------------------------------------------------------------------
+
+def test_limit_subset_count_stratified_seeded():
+    f = frame(1000, 0.42)
+    a = limit_subset(f, 300, seed=0, source="attr")
+    assert len(a) == 300 and abs(a["label"].sum() - 0.42 * 300) <= 1
+    assert a["image_id"].is_monotonic_increasing and set(a["image_id"]) <= set(f["image_id"])
+    assert a.equals(limit_subset(f.sample(frac=1, random_state=5), 300, seed=0, source="attr"))  # row order: no matter
+    assert not a.equals(limit_subset(f, 300, seed=1, source="attr"))
+    assert limit_subset(f, 1000, seed=0, source="attr").equals(f)
+    with pytest.raises(PipelineError, match=r"^params.yaml: data.limit is 1001, more than the 1000 images listed in attr$"):
+        limit_subset(f, 1001, seed=0, source="attr")
+
+
+def test_split_stage_with_a_limit(make_params):
+    params = make_params({"data.synthetic.images": 200, "data.limit": 100})
+    summary = split(params)
+    assert summary["limit"] == {"images": 100, "of": 200}
+    assert sum(summary[s]["images"] for s in SPLITS) == 100
+    assert {s: summary[s]["images"] for s in SPLITS} == {"train": 80, "val": 10, "test": 10}
+    males = read_attributes(params.dataset_root())["label"].mean()
+    assert abs(sum(summary[s]["male"] for s in SPLITS) - 100 * males) <= 1
+    first = (params.path("split.dir") / "train.csv").read_text()
+    split(params)
+    assert (params.path("split.dir") / "train.csv").read_text() == first
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"data.limit": 19}, "data.limit must be null (every image) or an integer >= 20"),
+    ({"data.limit": 30000.0}, "data.limit must be null (every image) or an integer >= 20, got 30000.0"),
+    ({"data.limit": "30k"}, "data.limit must be null"),
+    ({"split.group_by": "person"}, "split.group_by must be one of none, identity, got 'person'"),
+    ({"split.group_by": None}, "split.group_by must be one of none, identity, got None"),
+])
+def test_limit_and_group_by_are_checked(make_params, overrides, message):
+    with pytest.raises(PipelineError) as exc:
+        make_params(overrides)
+    assert str(exc.value).startswith("params.yaml: ") and message in str(exc.value)
+
+
+@needs_sample
+def test_limit_on_the_real_sample():
+    f = read_attributes(CELEBA_SAMPLE)
+    a = limit_subset(f, 1000, seed=42, source=CELEBA_SAMPLE)
+    assert len(a) == 1000 and abs(a["label"].sum() - 1000 * 2054 / 4584) <= 1
+    assert a.equals(limit_subset(f, 1000, seed=42, source=CELEBA_SAMPLE))
