@@ -50,7 +50,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import Params, PipelineError, load_params, run_main, write_json
-from pipeline.data import FaceDataset, read_split
+from pipeline.data import FaceDataset, detect_layout, read_split
 from pipeline.model import LAST_BLOCK
 
 FORMAT = 1
@@ -185,7 +185,7 @@ def cache_key(params: Params, frames: dict[str, pd.DataFrame], device: torch.dev
     for name in CODE_FILES:
         code.update((here / name).read_bytes())
     images = hashlib.blake2b(digest_size=16)
-    folder = params.dataset_root() / "img_align_celeba"
+    folder = detect_layout(params.dataset_root()).image_dir
     for split, frame in frames.items():
         images.update(split.encode())
         for image_id in frame["image_id"]:
@@ -251,7 +251,7 @@ def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=pri
     frames = {s: read_split(split_dir, s) for s in ("train", "val")}
     layers = needed_layers(params)
     key, parts = cache_key(params, frames, device)
-    root = params.path("train.feature_cache")
+    root = params.shared_path("train.feature_cache")
     entry = root / key
     n_train, n_val = len(frames["train"]), len(frames["val"])
     total = cache_bytes(layers, size, n_train, n_val)
@@ -305,7 +305,7 @@ def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=pri
 
 
 def open_split(entry: Path, layer: str, split: str, labels: torch.Tensor, train: bool, seed: int) -> CachedFeatures:
-    array = np.load(_files(entry, layer)[split], mmap_mode="r")
+    array = np.load(_files(entry, layer)[split], mmap_mode="r", allow_pickle=False)
     if array.shape[1] != len(labels):
         raise PipelineError(f"{_files(entry, layer)[split]}: holds {array.shape[1]} rows, split has {len(labels)}")
     return CachedFeatures(array, labels, train=train, seed=seed)
@@ -321,7 +321,7 @@ def main(argv=None) -> None:
     layers = needed_layers(params)
     total = cache_bytes(layers, size, len(frames["train"]), len(frames["val"]))
     print(f"{'+'.join(layers)} at {size}x{size}, {len(frames['train'])} train x 2 + {len(frames['val'])} val "
-          f"images: {total / 2**20:.1f} MB under {params.path('train.feature_cache')}")
+          f"images: {total / 2**20:.1f} MB under {params.shared_path('train.feature_cache')}")
 
 
 if __name__ == "__main__":

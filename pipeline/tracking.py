@@ -1,14 +1,18 @@
 """MLflow set-up shared by the stages: tracking URI, experiment, tags, figures."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import mlflow
 import numpy as np
 
-from pipeline.config import Params
+from pipeline.config import Params, PipelineError
 
 TAG_VARIANT = "variant"
 TAG_STAGE = "stage"
@@ -16,32 +20,70 @@ TAG_COMMIT = "git_commit"
 TAG_MODEL_URI = "model_uri"
 
 
-def tracking_uri(params: Params) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else ``base.mlflow.tracking_uri`` with a relative
-    SQLite path made absolute against the project root."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
+def store_uri(params: Params) -> str:
+    """``base.mlflow.tracking_uri`` with a relative SQLite path made absolute against
+    :meth:`Params.shared_root` (so a queued ``dvc exp run`` writes to the repo's store)."""
     uri = str(params.get("base.mlflow.tracking_uri"))
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(params.root / uri[len(prefix):])
+        return prefix + str(params.shared_root() / uri[len(prefix):])
     return uri
+
+
+def tracking_uri(params: Params) -> str:
+    """``MLFLOW_TRACKING_URI`` if set (a tracking server, say), else :func:`store_uri`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or store_uri(params)
+
+
+def check_reachable(uri: str, timeout: float = 2.0) -> None:
+    """A tracking server must answer ``/health`` now, not after an hour of training."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (behind auth or a proxy, perhaps): reachable
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PipelineError(f"MLflow tracking server {uri} is unreachable ({reason}); start it "
+                            "(make mlflow-server) or unset MLFLOW_TRACKING_URI") from None
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Serialise the first touch of a SQLite store: MLflow creates and migrates its tables
+    then, and two parallel stages (``dvc queue start -j 2``) would race ("Online migration
+    expected to match one row"). Later writes wait on SQLite's busy timeout (MLflow: 20 s)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    db = Path(uri[len(prefix):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def setup(params: Params) -> str:
     """Point MLflow at the store and the experiment; return the experiment id."""
     uri = tracking_uri(params)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     name = params.get("base.mlflow.experiment")
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        mlflow.set_experiment(experiment_id=exp.experiment_id)
-        return exp.experiment_id
-    location = None  # a tracking server decides where its artifacts go
-    if uri.startswith(("sqlite:", "file:")):
-        location = f"{params.path('base.mlflow.artifact_root').as_uri()}/{name}"
-    exp_id = mlflow.create_experiment(name, artifact_location=location)
+    with _store_lock(uri):
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            location = None  # a tracking server decides where its artifacts go
+            if uri.startswith(("sqlite:", "file:")):
+                location = f"{params.shared_path('base.mlflow.artifact_root').as_uri()}/{name}"
+            try:
+                exp_id = mlflow.create_experiment(name, artifact_location=location)
+            except mlflow.exceptions.MlflowException:  # another process (a server's client) was first
+                exp = mlflow.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+        exp_id = exp.experiment_id if exp is not None else exp_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -94,7 +136,24 @@ def log_confusion(cm: np.ndarray, class_names, prefix: str, title: str, save_png
 
 
 
-if __name__ == "__main__":  # print the resolved tracking URI (`make mlflow-ui` reads it)
-    from pipeline.config import load_params, run_main
+def main(argv=None) -> None:
+    """Print the store that ``make mlflow-ui`` / ``make mlflow-server`` serve."""
+    import argparse
 
-    run_main(lambda: print(tracking_uri(load_params())))
+    from pipeline.config import load_params
+
+    parser = argparse.ArgumentParser(description="Print the MLflow store of params.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--what", choices=("uri", "store", "artifacts"), default="uri",
+                        help="uri: what the stages use (MLFLOW_TRACKING_URI first); store: the backend "
+                             "store of params.yaml; artifacts: its artifact folder")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    print({"uri": lambda: tracking_uri(params), "store": lambda: store_uri(params),
+           "artifacts": lambda: str(params.shared_path("base.mlflow.artifact_root"))}[args.what]())
+
+
+if __name__ == "__main__":
+    from pipeline.config import run_main
+
+    run_main(main)

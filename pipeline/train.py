@@ -18,7 +18,9 @@ so two runs on the same CPU give identical metrics.
 from __future__ import annotations
 
 import argparse
-import tempfile
+import hashlib
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -32,8 +34,11 @@ from pipeline import frozen, tracking
 from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
 from pipeline.data import CLASS_NAMES, FaceDataset, make_loader, read_split
 from pipeline.engine import evaluate, progress, resolve_device, train_one_epoch
-from pipeline.model import build_model, save_checkpoint, set_strategy
+from pipeline.model import build_model, save_checkpoint, set_strategy, trainable_state
 
+RESUME_DIR = "resume"  # in <train.models_dir>/<variant>/ while a run is unfinished
+RESUME_FILE = "state.pt"
+TAG_RESUMED = "resumed_after_epoch"
 MODEL_REQUIREMENTS = ("torch", "torchvision", "mlflow", "numpy", "pandas", "pyyaml", "scikit-learn")
 
 
@@ -94,24 +99,43 @@ def train(params: Params, variant: str) -> dict:
     out_dir = params.path("train.models_dir") / variant
     ckpt_meta = {"variant": variant, "strategy": spec["strategy"], "lr": float(spec["lr"]),
                  "image_size": size, "weights": weights, "seed": seed, "config": params.resolved()}
-    history, best = [], None
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=variant) as run:
-        mlflow.set_tags({tracking.TAG_VARIANT: variant, tracking.TAG_STAGE: "train",
-                         tracking.TAG_COMMIT: tracking.git_commit(params.root)})
-        mlflow.log_params({
-            "variant": variant, "strategy": spec["strategy"], "lr": spec["lr"], "epochs": epochs,
-            "batch_size": batch_size, "image_size": size, "weights": params.get("model.weights"),
-            "seed": seed, "data_source": params.get("data.source"), "n_train": len(train_ds),
-            "n_val": len(val_ds), "optimizer": "Adam", "loss": "BCEWithLogitsLoss",
-            "trainable_params": n_trainable, "trainable_layers": ",".join(sorted({n.rsplit(".", 1)[0] for n in trainable})),
-            "reuse_frozen": reuse, "frozen_dropout": frozen_dropout, "amp": amp, "device": device.type,
-            "channels_last": channels_last, "cached_layer": layer,
-        })
+    work = out_dir / RESUME_DIR  # kept by DVC between runs (persist: true), removed when done
+    fingerprint = resume_fingerprint(params, variant, device)
+    state = load_resume(work, fingerprint)
+    if state is None:
+        shutil.rmtree(work, ignore_errors=True)
+        history, best, epoch_seconds, first_epoch = [], None, [], 1
+    else:
+        restore_trainable(model, state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history, epoch_seconds, first_epoch = state["history"], state["epoch_seconds"], state["epoch"] + 1
+        best = {**state["best"], "ckpt": work / f"epoch_{state['best']['epoch']:03d}.pt"}
+    work.mkdir(parents=True, exist_ok=True)
+    run_args = {"run_id": state["run_id"]} if state else {"run_name": variant}
+    with mlflow.start_run(**run_args) as run:
+        if state is None:
+            mlflow.set_tags({tracking.TAG_VARIANT: variant, tracking.TAG_STAGE: "train",
+                             tracking.TAG_COMMIT: tracking.git_commit(params.root)})
+            mlflow.log_params({
+                "variant": variant, "strategy": spec["strategy"], "lr": spec["lr"], "epochs": epochs,
+                "batch_size": batch_size, "image_size": size, "weights": params.get("model.weights"),
+                "seed": seed, "data_source": params.get("data.source"), "n_train": len(train_ds),
+                "n_val": len(val_ds), "optimizer": "Adam", "loss": "BCEWithLogitsLoss",
+                "trainable_params": n_trainable,
+                "trainable_layers": ",".join(sorted({n.rsplit(".", 1)[0] for n in trainable})),
+                "reuse_frozen": reuse, "frozen_dropout": frozen_dropout, "amp": amp, "device": device.type,
+                "channels_last": channels_last, "cached_layer": layer,
+            })
+            log_split(split_dir)
+        else:
+            print(f"{variant}: resuming MLflow run {state['run_id']} after epoch {state['epoch']} of {epochs}")
+            mlflow.set_tag(TAG_RESUMED, str(state["epoch"]))
+            log_missing_epochs(run.info.run_id, history, epoch_seconds, work)
         if cache is not None:
             mlflow.log_metrics({"feature_cache_mb": cache["bytes"] / 2**20,
-                                "extract_seconds": cache["extract_seconds"]}, step=0)
-        epoch_seconds = []
-        for epoch in progress(range(1, epochs + 1), variant, leave=True):
+                                "extract_seconds": cache["extract_seconds"]}, step=first_epoch - 1)
+        for epoch in progress(range(first_epoch, epochs + 1), variant, leave=True):
             epoch_seed = seed * 1000 + epoch
             torch.manual_seed(epoch_seed)  # dropout of this epoch
             train_data.set_epoch(epoch)  # flips of this epoch
@@ -124,14 +148,21 @@ def train(params: Params, variant: str) -> dict:
             row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
                    "val_loss": va["loss"], "val_acc": va["acc"]}
             history.append(row)
-            mlflow.log_metrics({**{k: v for k, v in row.items() if k != "epoch"},
-                                "epoch_seconds": epoch_seconds[-1]}, step=epoch)
-            ckpt = Path(tmp) / f"epoch_{epoch:03d}.pt"
+            ckpt = work / f"epoch_{epoch:03d}.pt"
             save_checkpoint(ckpt, model, epoch=epoch, metrics=row, **ckpt_meta)
-            mlflow.log_artifact(str(ckpt), "checkpoints")
             # best: highest val_acc, then lowest val_loss, then the earlier epoch
             if best is None or (va["acc"], -va["loss"]) > (best["val_acc"], -best["val_loss"]):
-                best = {**row, "ckpt": ckpt, "labels": va["labels"], "preds": va["preds"]}
+                best = {**row, "ckpt": ckpt, "labels": va["labels"].tolist(), "preds": va["preds"].tolist()}
+            # the resume state first, then MLflow: an epoch in MLflow is always in the state, and
+            # a resumed run logs what the killed one had not (each epoch exactly once)
+            save_resume(work, {"fingerprint": fingerprint, "run_id": run.info.run_id, "epoch": epoch,
+                               "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                               "rng": torch.get_rng_state(), "history": history, "epoch_seconds": epoch_seconds,
+                               "best": {k: v for k, v in best.items() if k != "ckpt"}})
+            log_epoch(row, epoch_seconds[-1], ckpt)
+            for old in work.glob("epoch_*.pt"):  # logged; only the best one is needed again
+                if old != best["ckpt"]:
+                    old.unlink()
         mlflow.log_metrics({"best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
                             "best_val_loss": best["val_loss"]}, step=epochs)
         cm = confusion_matrix(best["labels"], best["preds"], labels=[0, 1])
@@ -150,9 +181,94 @@ def train(params: Params, variant: str) -> dict:
     write_json(params.path("train.metrics_dir") / f"{variant}.json", summary)
     atomic_write(params.path("train.history_dir") / f"{variant}.csv",
                  lambda t: pd.DataFrame(history).to_csv(t, index=False, float_format="%.6f"))
+    shutil.rmtree(work)  # a finished stage leaves nothing that a forced re-run would resume from
     timing = {"epoch_seconds": epoch_seconds, "extract_seconds": cache["extract_seconds"] if cache else 0.0,
               "feature_cache_mb": cache["bytes"] / 2**20 if cache else 0.0}
     return {"run_id": run_id, "history": history, "timing": timing, **summary}
+
+
+def log_split(split_dir: Path) -> None:
+    """The split this run trained on: ``split.json`` as an artifact, its class counts (and, for
+    an identity split, the identities per split and their overlap) as metrics."""
+    path = split_dir / "split.json"
+    if not path.is_file():
+        return
+    summary = json.loads(path.read_text())
+    mlflow.log_dict(summary, "split.json")
+    mlflow.log_param("split_group_by", summary.get("group_by", "none"))
+    counts = {f"split_{name}_{k}": v for name in ("train", "val", "test")
+              for k, v in summary.get(name, {}).items() if isinstance(v, (int, float))}
+    if "identity_overlap" in summary:
+        counts["split_identity_overlap"] = summary["identity_overlap"]
+    mlflow.log_metrics(counts, step=0)
+
+
+def resume_fingerprint(params: Params, variant: str, device: torch.device) -> str:
+    """What a resume state must have been made with: this variant's settings, the data, the code."""
+    cfg = params.resolved()
+    cfg["train"]["variants"] = {variant: params.variant(variant)}
+    for key in ("models_dir", "metrics_dir", "history_dir", "feature_cache", "num_workers"):
+        cfg["train"].pop(key, None)  # where things go and how fast; not what is computed
+    h = hashlib.blake2b(json.dumps({k: cfg[k] for k in ("data", "split", "model", "train")}, sort_keys=True,
+                                   default=str).encode(), digest_size=16)
+    h.update(f"{params.get('base.seed')}|{device.type}|{torch.__version__}".encode())
+    for name in ("train", "val"):
+        h.update((params.path("split.dir") / f"{name}.csv").read_bytes())
+    here = Path(__file__).resolve().parent
+    for name in ("train.py", "engine.py", "frozen.py", "model.py", "data.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()
+
+
+def load_resume(work: Path, fingerprint: str) -> dict | None:
+    """The state a killed run left, if it was made with this config; else None."""
+    path = work / RESUME_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable state is discarded, not trusted
+        print(f"{path}: unreadable resume state, training from scratch")
+        return None
+    if state.get("fingerprint") != fingerprint:
+        print(f"{path}: made with other settings, data or code; training from scratch")
+        return None
+    best = work / f"epoch_{state['best']['epoch']:03d}.pt"
+    if not best.is_file():
+        print(f"{best}: missing; training from scratch")
+        return None
+    return state
+
+
+def save_resume(work: Path, state: dict) -> None:
+    atomic_write(work / RESUME_FILE, lambda t: torch.save(state, t))
+
+
+def restore_trainable(model: torch.nn.Module, trainable: dict) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value)
+
+
+def log_epoch(row: dict, seconds: float, ckpt: Path) -> None:
+    mlflow.log_metrics({**{k: v for k, v in row.items() if k != "epoch"}, "epoch_seconds": seconds},
+                       step=row["epoch"])
+    mlflow.log_artifact(str(ckpt), "checkpoints")
+
+
+def log_missing_epochs(run_id: str, history: list[dict], epoch_seconds: list[float], work: Path) -> None:
+    """Log the epochs a killed run finished but had not (fully) logged yet."""
+    client = mlflow.tracking.MlflowClient()
+    logged = {m.step for m in client.get_metric_history(run_id, "val_acc")}
+    ckpts = {Path(f.path).name for f in client.list_artifacts(run_id, "checkpoints")}
+    for row, seconds in zip(history, epoch_seconds):
+        ckpt = work / f"epoch_{row['epoch']:03d}.pt"
+        if row["epoch"] not in logged:
+            mlflow.log_metrics({**{k: v for k, v in row.items() if k != "epoch"}, "epoch_seconds": seconds},
+                               step=row["epoch"])
+        if ckpt.name not in ckpts and ckpt.is_file():
+            mlflow.log_artifact(str(ckpt), "checkpoints")
 
 
 def log_pyfunc(params: Params, checkpoint: Path, example_ds: FaceDataset) -> str:

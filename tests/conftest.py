@@ -45,6 +45,7 @@ def write_params(folder: Path, overrides: dict | None = None) -> Path:
 def _isolated_env(monkeypatch, tmp_path):
     """No test reaches the user's MLflow store, torch cache or git identity."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     for var, value in (("GIT_AUTHOR_NAME", "test"), ("GIT_AUTHOR_EMAIL", "test@localhost"),
                        ("GIT_COMMITTER_NAME", "test"), ("GIT_COMMITTER_EMAIL", "test@localhost")):

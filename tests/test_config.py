@@ -53,3 +53,15 @@ def test_stage_cli_prints_one_line_and_exits_1(make_params, tmp_path, capsys):
     assert exc.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "bad.yaml: not valid YAML" in err and "\n" not in err
+
+
+def test_a_queued_experiment_resolves_shared_state_against_the_original_repo(make_params, tmp_path, monkeypatch):
+    """`dvc exp run --queue` runs in a copy under .dvc/tmp/exps and sets DVC_ROOT to the repo."""
+    copy = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmp123"
+    params = make_params(folder=copy)
+    assert tracking_uri(params) == f"sqlite:///{copy}/mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    assert tracking_uri(params) == f"sqlite:///{tmp_path}/repo/mlflow.db"
+    assert params.shared_path("train.feature_cache") == tmp_path / "repo" / "data" / "features"
+    assert params.shared_path("base.mlflow.artifact_root") == tmp_path / "repo" / "mlartifacts"
+    assert params.path("split.dir") == copy / "data" / "split"  # the experiment's own outputs stay in the copy

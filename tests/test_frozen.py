@@ -8,7 +8,7 @@ from PIL import Image
 
 from pipeline import frozen, split, train
 from pipeline.config import PipelineError
-from pipeline.data import Preset, read_split
+from pipeline.data import Preset, detect_layout, read_split
 from pipeline.model import build_model, set_strategy
 
 VARIANTS = {"head": {"strategy": "head_only", "lr": 0.001}, "block": {"strategy": "last_block", "lr": 0.0001}}
@@ -93,7 +93,7 @@ def test_cache_is_built_once_sized_as_estimated_and_keyed_by_image_bytes(make_pa
     again = frozen.ensure_cache(params, model, torch.device("cpu"), log=lambda m: None)
     assert again["built"] == [] and again["dir"] == first["dir"]
 
-    image = params.dataset_root() / "img_align_celeba" / train_ids.iloc[0]
+    image = detect_layout(params.dataset_root()).image_dir / train_ids.iloc[0]
     Image.new("RGB", (178, 218), (10, 20, 30)).save(image)  # same id, other pixels
     changed = frozen.ensure_cache(params, model, torch.device("cpu"), log=lambda m: None)
     assert changed["dir"] != first["dir"] and changed["built"] == ["pool4", "pool5"]

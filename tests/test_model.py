@@ -101,3 +101,20 @@ def test_checkpoint_round_trip_holds_trainable_only(tmp_path, strategy, max_kb):
     with torch.no_grad():
         assert torch.allclose(restored(x), model(x))
         assert not torch.allclose(build_model("none", 5).eval()(x), model(x))
+
+
+class _Payload:
+    """Unpickling this would run code of the file's choosing; weights_only must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_checkpoints_and_state_dicts_are_never_unpickled(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"trainable": {}, "payload": _Payload()}, evil)
+    with pytest.raises(PipelineError, match="cannot read checkpoint"):
+        load_checkpoint(evil)
+    with pytest.raises(PipelineError, match="cannot read model.weights"):
+        build_model(str(evil), seed=0)
+    assert "unpickled!" not in capsys.readouterr().out

@@ -40,6 +40,12 @@ def test_train_logs_epochs_checkpoints_and_outputs(tiny):
         run_id=run.info.run_id, artifact_path="confusion_matrix/val.json", tracking_uri=tracking.tracking_uri(tiny))).read())
     n_val = int(run.data.params["n_val"])
     assert sum(map(sum, matrix["matrix"])) == n_val
+    split = json.loads((tiny.path("split.dir") / "split.json").read_text())
+    assert run.data.metrics["split_val_images"] == split["val"]["images"] == n_val
+    assert run.data.metrics["split_train_male"] == split["train"]["male"]
+    assert run.data.params["split_group_by"] == split["group_by"]
+    assert "split.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert not (tiny.path("train.models_dir") / "head_only-lr1e-3" / "resume").exists()
     # local outputs
     out = tiny.path("train.models_dir") / "head_only-lr1e-3"
     assert json.loads((out / "run.json").read_text())["run_id"] == run.info.run_id
