@@ -8,7 +8,8 @@ Reads the run id each ``train@<variant>`` stage wrote (``<train.models_dir>/<var
 asks MLflow (not the local JSON) for each run's ``best_val_acc`` and ``best_val_loss``, and
 picks the highest ``best_val_acc``; ties go to the lower validation loss at the best epoch,
 then to the variant name. Registers that run's model under ``base.mlflow.registered_model``,
-points alias ``select.alias`` (``champion``) at the new version, writes ``select.output``.
+points alias ``select.alias`` (``champion``) at the new version, writes ``select.output`` and
+``select.curves`` (every variant's per-epoch metrics from MLflow, for ``dvc plots``).
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ import argparse
 import json
 
 import mlflow
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.config import Params, PipelineError, load_params, run_main, write_json
+from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
 
 
 def choose(candidates: list[dict]) -> dict:
@@ -62,10 +64,26 @@ def train_run_ids(params: Params) -> dict[str, str]:
     return ids
 
 
+CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def learning_curves(client: MlflowClient, run_ids: dict[str, str]) -> pd.DataFrame:
+    """Per-epoch metrics of the compared runs, as MLflow has them: one row per variant and epoch."""
+    rows: dict[tuple[str, int], dict] = {}
+    for variant, run_id in run_ids.items():
+        for key in CURVE_METRICS:
+            for m in client.get_metric_history(run_id, key):
+                rows.setdefault((variant, m.step), {"variant": variant, "epoch": m.step})[key] = m.value
+    return pd.DataFrame(sorted(rows.values(), key=lambda r: (r["variant"], r["epoch"])),
+                        columns=["variant", "epoch", *CURVE_METRICS])
+
+
 def select(params: Params) -> dict:
     tracking.setup(params)
     client = MlflowClient()
-    candidates = candidates_from_mlflow(client, train_run_ids(params))
+    run_ids = train_run_ids(params)
+    candidates = candidates_from_mlflow(client, run_ids)
+    curves = learning_curves(client, run_ids)
     best = choose(candidates)
     name = params.get("base.mlflow.registered_model")
     alias = params.get("select.alias")
@@ -74,6 +92,8 @@ def select(params: Params) -> dict:
     client.set_registered_model_alias(name, alias, version)
     result = {**best, "registered_model": name, "version": int(version), "alias": alias,
               "candidates": sorted(candidates, key=lambda c: c["variant"])}
+    atomic_write(params.path("select.curves"),
+                 lambda t: curves.to_csv(t, index=False, float_format="%.6f"))
     write_json(params.path("select.output"), result)
     return result
 

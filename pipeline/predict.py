@@ -1,0 +1,283 @@
+"""Predict the gender of face images with the champion model (or a model you name).
+
+Usage::
+
+    .venv/bin/python -m pipeline.predict face.jpg more/faces/       # models:/celeba-gender-vgg16@champion
+    .venv/bin/python -m pipeline.predict --json faces/ > predictions.jsonl
+    .venv/bin/python -m pipeline.predict --model models/last_block-lr1e-4/best.pt faces/
+    .venv/bin/python -m pipeline.predict --model mlartifacts/celeba-gender-vgg16/models/m-<id>/artifacts faces/
+    .venv/bin/python -m pipeline.predict --params other/params.yaml --batch-size 16 --device cuda faces/
+
+Output, one line per image, in the order given (a folder's images sorted by name)::
+
+    faces/000001.jpg<TAB>female<TAB>0.9731
+    faces/000002.jpg<TAB>male<TAB>0.8812
+
+The label is ``male`` when P(male) > 0.5, else ``female``; the number is the probability of
+**that label** (P(male) for ``male``, 1 - P(male) for ``female``, so never below 0.5), with 4
+decimals. ``--json`` prints JSON Lines instead: one object per image and line,
+``{"path": ..., "label": ..., "probability": P(label), "p_male": P(male)}``, full precision.
+
+Model: by default ``models:/<base.mlflow.registered_model>@<select.alias>`` from the MLflow
+store of ``--params`` (``base.mlflow.tracking_uri``; ``MLFLOW_TRACKING_URI`` overrides it).
+``--model`` takes instead an MLflow model folder (the one that holds ``MLmodel``), a
+trainable-only checkpoint of this pipeline (``models/<variant>/best.pt``; read with
+``torch.load(weights_only=True)``) or a ``models:/`` / ``runs:/`` URI of that store.
+
+Inputs: image files (any format Pillow reads) and folders, which stand for the ``.jpg``,
+``.jpeg`` and ``.png`` files directly in them (any case; subfolders are not searched). Each
+image goes through the evaluation transforms (:class:`pipeline.data.Preset` at the model's
+image size: resize, ImageNet normalisation, no flip). An input that is missing or not a
+readable image gets one line ``error: <path>: <reason>`` on stderr; the other images are still
+predicted, and the exit status is then 1 (0 when every image was predicted).
+
+The model runs on the CPU unless ``--device`` says otherwise (``cuda``, ``cuda:N``, ``auto``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from pipeline.config import DEVICES, PipelineError, load_params, one_line, run_main
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+def expand(inputs: list[str]) -> list[tuple[str, str | None]]:
+    """``(path, problem)`` per image to predict, in order: a folder gives its image files sorted
+    by name; ``problem`` is ``None`` or why the input cannot be used (missing, empty folder ...)."""
+    out: list[tuple[str, str | None]] = []
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_dir():
+            try:
+                files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                               key=lambda p: p.name)
+            except OSError as exc:
+                out.append((arg, f"cannot list folder ({exc.strerror})"))
+                continue
+            if not files:
+                out.append((arg, f"no {', '.join(IMAGE_SUFFIXES)} files in this folder"))
+            out.extend((str(p), None) for p in files)
+        elif path.exists() or path.is_symlink():
+            out.append((arg, None))  # a file: image_problem() tells later whether it is an image
+        else:
+            out.append((arg, "not found"))
+    return out
+
+
+def load_image(path: str | Path, preset):
+    """The preprocessed tensor ``(3, S, S)`` of one image; :class:`PipelineError` with the reason."""
+    from PIL import Image
+
+    from pipeline.data import image_problem
+
+    problem = image_problem(Path(path))  # missing, empty, not an image, cut short ...
+    if problem is not None:
+        raise PipelineError(problem)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a corrupt EXIF block: harmless here
+            with Image.open(path) as img:
+                return preset(img)
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on a damaged file
+        raise PipelineError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
+
+
+# --- the model ---------------------------------------------------------------------------
+
+def _store_missing(uri: str) -> bool:
+    """A local SQLite store whose file does not exist (MLflow would create an empty one)."""
+    prefix = "sqlite:///"
+    return uri.startswith(prefix) and not Path(uri[len(prefix):].split("?", 1)[0]).exists()
+
+
+def _unwrap(uri: str, what: str):
+    """Load a pyfunc model and return the :class:`pipeline.serving.GenderClassifier` inside."""
+    import mlflow
+
+    try:
+        pyfunc = mlflow.pyfunc.load_model(uri)
+        classifier = pyfunc.unwrap_python_model()
+    except mlflow.exceptions.MlflowException as exc:
+        raise PipelineError(f"{what}: cannot load the model ({one_line(exc.message)})") from None
+    if not callable(getattr(classifier, "predict_proba", None)) or not hasattr(classifier, "net"):
+        raise PipelineError(f"{what}: not a model of this pipeline ({type(classifier).__name__})")
+    if not hasattr(classifier, "image_size"):  # fall back to the signature: (-1, 3, S, S)
+        spec = pyfunc.metadata.get_input_schema()
+        shape = spec.inputs[0].shape if spec is not None and spec.is_tensor_spec() else None
+        if not shape or len(shape) != 4:
+            raise PipelineError(f"{what}: the model states no image size")
+        classifier.image_size = int(shape[-1])
+    return classifier
+
+
+def registry_classifier(params_path: str, uri: str | None = None):
+    """The model ``models:/<registered_model>@<alias>`` (or ``uri``) of the params' MLflow store."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import tracking_uri
+
+    params = load_params(params_path)
+    store = tracking_uri(params)
+    name, alias = params.get("base.mlflow.registered_model"), params.get("select.alias")
+    hint = "(run `dvc repro` to train, select and register one)"
+    if _store_missing(store):
+        what = f"no model {name}@{alias}" if uri is None else uri
+        raise PipelineError(f"{what}: the MLflow store {store} does not exist {hint}")
+    if uri is None:
+        client = MlflowClient(store)
+        try:
+            client.get_model_version_by_alias(name, alias)
+        except mlflow.exceptions.MlflowException as exc:
+            try:  # which is missing: the registered model or its alias?
+                aliases = client.get_registered_model(name).aliases or {}
+                why = f"registered model '{name}' has no alias '{alias}'"
+            except mlflow.exceptions.MlflowException as exc2:
+                if exc2.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise PipelineError(f"MLflow store {store}: {one_line(exc2.message)}") from None
+                aliases, why = {}, f"no registered model '{name}'"
+            if alias in aliases:  # neither: another problem of the store
+                raise PipelineError(f"MLflow store {store}: {one_line(exc.message)}") from None
+            raise PipelineError(f"no model {name}@{alias} in the MLflow store {store}: {why} {hint}") from None
+        uri = f"models:/{name}@{alias}"
+    mlflow.set_tracking_uri(store)
+    return _unwrap(uri, uri), uri
+
+
+def load_classifier(model: str | None, params_path: str = "params.yaml"):
+    """``(classifier, description)``: the registry's champion, or ``--model``."""
+    if model is None or model.startswith(MODEL_URI_SCHEMES):
+        return registry_classifier(params_path, model)
+    path = Path(model)
+    if path.is_file() and path.name == "MLmodel":
+        path = path.parent
+    if path.is_dir():
+        if not (path / "MLmodel").is_file():
+            raise PipelineError(f"{model}: not an MLflow model folder (no MLmodel file in it)")
+        return _unwrap(str(path), model), model
+    if path.is_file():
+        from pipeline.serving import GenderClassifier
+
+        return GenderClassifier.from_checkpoint(path), model
+    raise PipelineError(f"{model}: model not found (give an MLflow model folder, a checkpoint such as "
+                        "models/<variant>/best.pt, or a models:/ URI)")
+
+
+# --- prediction --------------------------------------------------------------------------
+
+def predict_batches(classifier, items, batch_size: int, on_error):
+    """Yield ``(path, P(male))`` for every usable image of ``items`` (``(path, problem)`` pairs,
+    see :func:`expand`), ``batch_size`` images at a time; ``on_error(path, reason)`` for the rest."""
+    import torch
+
+    from pipeline.data import Preset
+
+    preset = Preset(int(classifier.image_size))
+    paths, tensors = [], []
+
+    def flush():
+        probs = classifier.predict_proba(torch.stack(tensors)).tolist()
+        batch = list(zip(paths, probs))
+        paths.clear()
+        tensors.clear()
+        return batch
+
+    for path, problem in items:
+        if problem is None:
+            try:
+                tensors.append(load_image(path, preset))
+                paths.append(path)
+            except PipelineError as exc:
+                problem = str(exc)
+        if problem is not None:
+            on_error(path, problem)
+        if len(tensors) >= batch_size:
+            yield from flush()
+    if tensors:
+        yield from flush()
+
+
+def label_of(p_male: float) -> tuple[str, float]:
+    """``(label, P(label))``: male when P(male) > 0.5."""
+    return ("male", p_male) if p_male > 0.5 else ("female", 1.0 - p_male)
+
+
+def format_line(path: str, p_male: float, as_json: bool) -> str:
+    label, prob = label_of(p_male)
+    if as_json:
+        return json.dumps({"path": path, "label": label, "probability": prob, "p_male": p_male})
+    return f"{path}\t{label}\t{prob:.4f}"
+
+
+def predict(args) -> int:
+    """Print the predictions; return the number of inputs that failed."""
+    failed = 0
+
+    def on_error(path: str, reason: str) -> None:
+        nonlocal failed
+        failed += 1
+        print(f"error: {path}: {one_line(reason)}", file=sys.stderr, flush=True)
+
+    items = expand(args.inputs)
+    for path, problem in items:  # missing inputs first: no need to wait for the model
+        if problem is not None:
+            on_error(path, problem)
+    todo = [(path, None) for path, problem in items if problem is None]
+    if not todo:
+        return failed
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    classifier, _ = load_classifier(args.model, args.params)
+    from pipeline.engine import resolve_device
+
+    classifier.net.to(resolve_device(args.device))
+    for path, p_male in predict_batches(classifier, todo, args.batch_size, on_error):
+        print(format_line(path, p_male, args.json), flush=True)
+    return failed
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__.splitlines()[0],
+                                     epilog="Prints path<TAB>label<TAB>P(label); see the module docstring.")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    parser.add_argument("--params", default="params.yaml",
+                        help="the project's params file: MLflow store, registered model, alias (default: %(default)s)")
+    parser.add_argument("--model", help="an MLflow model folder, a checkpoint (models/<variant>/best.pt) "
+                                        "or a models:/ URI, instead of the registry's champion")
+    parser.add_argument("--json", action="store_true",
+                        help="JSON Lines: one {path, label, probability, p_male} object per image")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default: 32)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    args = parser.parse_args(argv)
+    if DEVICES.fullmatch(args.device) is None:
+        parser.error(f"argument --device: expected cpu, cuda, cuda:N, mps or auto, got {args.device!r}")
+    try:
+        failed = predict(args)
+    except BrokenPipeError:  # e.g. `| head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_main(main)

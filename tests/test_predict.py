@@ -1,0 +1,151 @@
+"""``python -m pipeline.predict``: the registry's champion (or a checkpoint) on image files."""
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.models import Model
+from mlflow.tracking import MlflowClient
+
+from champion_project import VARIANT, build, make_faces, preprocess, run_predict
+from pipeline import tracking
+from pipeline.config import PipelineError
+from pipeline.predict import expand, load_classifier
+
+SIZE = 32  # conftest.TINY's data.image_size
+ROUNDING = 5e-5 + 1e-6  # the text output has 4 decimals
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return build(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def champion(project):
+    """``(uri, pyfunc model)``: the registry's champion as MLflow itself loads it."""
+    uri = f"models:/{project.get('base.mlflow.registered_model')}@{project.get('select.alias')}"
+    mlflow.set_tracking_uri(tracking.tracking_uri(project))
+    return uri, mlflow.pyfunc.load_model(uri)
+
+
+@pytest.fixture(scope="module")
+def faces(project, tmp_path_factory):
+    """``(folder, image paths in name order, P(male) of each by the pyfunc model)``."""
+    folder = tmp_path_factory.mktemp("faces")
+    return folder, make_faces(project, folder)
+
+
+def pyfunc_p_male(champion, images) -> np.ndarray:
+    return np.asarray(champion[1].predict(preprocess(images, SIZE)), dtype=np.float64)
+
+
+def test_registered_model_has_name_signature_and_input_example(project, champion):
+    uri, pyfunc = champion
+    info = mlflow.models.get_model_info(uri)
+    assert info.name == "model" and info.model_uri.startswith("models:/m-")  # MLflow 3 log_model(name=...)
+    version = MlflowClient(tracking.tracking_uri(project)).get_model_version_by_alias(
+        project.get("base.mlflow.registered_model"), "champion")
+    assert version.source == info.model_uri  # the version registered from that logged model
+    sig = info.signature
+    assert sig.inputs.is_tensor_spec() and sig.outputs.is_tensor_spec()
+    (spec,) = sig.inputs.inputs
+    assert spec.shape == (-1, 3, SIZE, SIZE) and spec.type == np.dtype("float32")
+    assert sig.outputs.inputs[0].shape == (-1,)
+    assert info.saved_input_example_info["type"] == "ndarray"
+    local = mlflow.artifacts.download_artifacts(uri)
+    example = Model.load(local).load_input_example(local)
+    assert example.shape == (1, 3, SIZE, SIZE) and example.dtype == np.float32
+    p = pyfunc.predict(example)
+    assert p.shape == (1,) and 0 < float(p[0]) < 1
+    assert pyfunc.unwrap_python_model().image_size == SIZE
+
+
+def test_predict_prints_each_image_and_one_error_per_bad_input(project, champion, faces, tmp_path):
+    folder, images = faces
+    missing = tmp_path / "missing.jpg"
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not an image\n")
+    proc = run_predict(project, folder, missing, fake)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [f"error: {missing}: not found",
+                                        f"error: {fake}: not an image file Pillow can read (13 bytes of unknown format)"]
+    rows = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert [r[0] for r in rows] == [str(p) for p in images]  # sorted, .JPG and .png taken, notes.txt not
+    expected = pyfunc_p_male(champion, images)
+    for (_, label, prob), p_male in zip(rows, expected):
+        assert label == ("male" if p_male > 0.5 else "female")
+        assert len(prob.split(".")[1]) == 4
+        assert float(prob) == pytest.approx(p_male if label == "male" else 1 - p_male, abs=ROUNDING)
+
+
+def test_json_checkpoint_and_model_folder_agree_with_the_pyfunc_model(project, champion, faces):
+    folder, images = faces
+    expected = pyfunc_p_male(champion, images)
+    reg = run_predict(project, "--json", folder)
+    assert reg.returncode == 0 and reg.stderr == "", reg.stderr
+    rows = [json.loads(line) for line in reg.stdout.splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in images]
+    for r, p_male in zip(rows, expected):
+        assert r["p_male"] == pytest.approx(p_male, abs=1e-5)
+        assert r["label"] == ("male" if r["p_male"] > 0.5 else "female")
+        assert r["probability"] == pytest.approx(r["p_male"] if r["label"] == "male" else 1 - r["p_male"], abs=1e-12)
+    best = project.path("train.models_dir") / VARIANT / "best.pt"
+    ckpt = run_predict(project, "--json", "--model", best, "--batch-size", 3, *images)  # batches of 3 and 1
+    assert ckpt.returncode == 0 and ckpt.stderr == "", ckpt.stderr
+    by_ckpt = [json.loads(line) for line in ckpt.stdout.splitlines()]
+    assert [r["path"] for r in by_ckpt] == [str(p) for p in images]
+    assert [r["p_male"] for r in by_ckpt] == pytest.approx([r["p_male"] for r in rows], abs=1e-5)
+    # --model with an MLflow model folder (in-process: the same loader the CLI uses)
+    local = mlflow.artifacts.download_artifacts(champion[0])
+    classifier, _ = load_classifier(local)
+    import torch
+
+    probs = classifier.predict_proba(torch.from_numpy(preprocess(images, classifier.image_size))).numpy()
+    assert probs == pytest.approx(expected, abs=1e-5)
+
+
+def test_no_champion_is_one_line_naming_model_and_alias(project, make_params, faces, tmp_path):
+    _, images = faces
+    params = make_params()  # a fresh project: no MLflow store yet
+    proc = run_predict(params, images[0])
+    assert proc.returncode == 1 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: no model celeba-gender-vgg16@champion") and "run `dvc repro`" in line
+    assert not (params.root / "mlflow.db").exists()  # predict does not create an empty store
+    store = {"base.mlflow.tracking_uri": f"sqlite:///{project.root / 'mlflow.db'}"}
+    for key, value in (("select.alias", "nope"), ("base.mlflow.registered_model", "other")):
+        make_params({**store, key: value}, folder=tmp_path / key)
+        with pytest.raises(PipelineError, match=r"^no model (other@champion|celeba-gender-vgg16@nope) in the "
+                                                r"MLflow store .*run `dvc repro`"):
+            load_classifier(None, str(tmp_path / key / "params.yaml"))
+
+
+def test_bad_model_argument_is_a_clear_error(tmp_path):
+    with pytest.raises(PipelineError, match="model not found"):
+        load_classifier(str(tmp_path / "nope.pt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match="no MLmodel file"):
+        load_classifier(str(tmp_path / "empty"))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(PipelineError, match="cannot read checkpoint"):
+        load_classifier(str(tmp_path / "junk.pt"))
+    import torch
+
+    torch.save({"trainable": {}}, tmp_path / "other.pt")
+    with pytest.raises(PipelineError, match="not a checkpoint of this pipeline"):
+        load_classifier(str(tmp_path / "other.pt"))
+
+
+def test_expand_folders_files_and_missing(tmp_path):
+    (tmp_path / "f").mkdir()
+    for name in ("b.PNG", "a.jpeg", "c.txt", "d.Jpg"):
+        (tmp_path / "f" / name).write_bytes(b"x")
+    (tmp_path / "f" / "sub.jpg").mkdir()  # a folder named like an image is not one
+    (tmp_path / "empty").mkdir()
+    got = expand([str(tmp_path / "f"), str(tmp_path / "f" / "c.txt"), str(tmp_path / "x.jpg"), str(tmp_path / "empty")])
+    assert got == [(str(tmp_path / "f" / "a.jpeg"), None), (str(tmp_path / "f" / "b.PNG"), None),
+                   (str(tmp_path / "f" / "d.Jpg"), None), (str(tmp_path / "f" / "c.txt"), None),
+                   (str(tmp_path / "x.jpg"), "not found"),
+                   (str(tmp_path / "empty"), "no .jpg, .jpeg, .png files in this folder")]
