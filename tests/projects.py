@@ -45,5 +45,7 @@ def new_project(root: Path, overrides: dict | None = None) -> Path:
         elif src.exists():
             shutil.copy(src, root / name)
     write_params(root, overrides)
-    sh("git init -q && dvc init -q && git add -A && git commit -qm init", root)
+    sh("git init -q && dvc init -q", root)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # dvc.yaml's plot template
+    sh("git add -A && git commit -qm init", root)
     return root

@@ -1,10 +1,19 @@
 """The real ``dvc repro`` on a shrunken config in a temporary copy of the project."""
+import csv
 import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -13,42 +22,18 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, write_params
+from conftest import REPO
+from projects import env, new_project, sh, stages_run
 
 pytestmark = pytest.mark.slow
-PROJECT_FILES = ("pipeline", "dvc.yaml", "requirements.txt", ".gitignore")
-
-
-def sh(cmd, cwd, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", output)
+SHRUNK = {"data.synthetic.images": 80, "train.epochs": 2}
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        src = REPO / name
-        (shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy(src, root / name))
-    write_params(root, {"data.synthetic.images": 80, "train.epochs": 2})
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
-            mp.setenv(var, "test")
-        for var in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
-            mp.setenv(var, "test@localhost")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("TQDM_DISABLE", "1")
-        sh("git init -q && dvc init -q && git add -A && git commit -qm init", root)
-        proc = sh(["dvc", "repro"], root)
-        yield root, proc.stdout
+    root = new_project(tmp_path_factory.mktemp("project"), SHRUNK)
+    proc = sh(["dvc", "repro"], root)
+    yield root, proc.stdout
 
 
 def test_repro_runs_every_stage_once(project):
@@ -57,6 +42,21 @@ def test_repro_runs_every_stage_once(project):
     variants = list(params["train"]["variants"])
     assert len(variants) == 4
     assert stages_run(out) == ["split", *[f"train@{v}" for v in variants], "select", "evaluate"]
+
+
+def test_a_second_clean_clone_gives_identical_metrics_files(project, tmp_path):
+    """Two clean copies, two `dvc repro`s: byte-identical metrics/ and the same champion."""
+    root, _ = project
+    other = new_project(tmp_path / "clone", SHRUNK)
+    sh(["dvc", "repro"], other)
+    files = sorted(p.relative_to(root) for p in (root / "metrics").rglob("*") if p.is_file())
+    assert len(files) == 4 + 4 + 4  # per-variant summaries, histories; curves; evaluate json, csv, png
+    assert files == sorted(p.relative_to(other) for p in (other / "metrics").rglob("*") if p.is_file())
+    for rel in files:
+        assert (root / rel).read_bytes() == (other / rel).read_bytes(), rel
+    ours, theirs = (json.loads((r / "models" / "best.json").read_text()) for r in (root, other))
+    assert ours["variant"] == theirs["variant"] and ours["best_val_acc"] == theirs["best_val_acc"]
+    assert ours["run_id"] != theirs["run_id"]
 
 
 def test_mlflow_holds_four_runs_with_every_epoch_and_artifacts(project):
@@ -146,3 +146,141 @@ def test_code_only_change_retrains_and_moves_the_champion_to_the_new_runs(projec
     assert after["variant"] == before["variant"] and after["best_val_acc"] == before["best_val_acc"]
     assert after["run_id"] != before["run_id"] and after["version"] == before["version"] + 1
     assert (root / "metrics" / "evaluate.json").read_text() == metrics_before
+
+
+# --- In a browser: MLflow's UI and the HTML of `dvc plots show`, in Debian's headless Chromium ----
+# No Python browser driver: Chromium's own command line dumps the DOM after the page's scripts ran
+# (--dump-dom) and saves a screenshot (--screenshot). .ci/run installs the `chromium` package.
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  # without these Chromium keeps calling Google, which a closed network refuses
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1000", "--hide-scrollbars")
+
+
+def _browse(url: str, png: Path, tmp: Path, ready=lambda dom: True) -> str:
+    """``url``'s DOM after its scripts ran, and a 1400x1000 screenshot of it saved as ``png``.
+
+    --virtual-time-budget lets timers and fetches run for that much virtual time before the dump
+    (a few real seconds); if ``ready(dom)`` is still false, once more with a longer budget."""
+    for budget_ms in (20_000, 60_000):
+        profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp)  # a new, empty profile
+        proc = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                               f"--virtual-time-budget={budget_ms}", "--dump-dom", f"--screenshot={png}", url],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"chromium failed on {url}:\n{proc.stderr[-3000:]}"
+        if ready(proc.stdout):
+            break
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", png
+    assert (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")) == (1400, 1000), png
+    assert len(data) > 15_000, f"{png}: {len(data)} bytes, a blank page?"  # blank: about 7 KB
+    return proc.stdout
+
+
+@contextmanager
+def _mlflow_ui(root: Path, log: Path):
+    """`mlflow ui` on 127.0.0.1 over the project's store, in its own session; yields its base URL.
+    The whole process group (the server's workers too) is killed on the way out."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
+                                 f"sqlite:///{root / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=root, env=env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, f"mlflow ui exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"mlflow ui not healthy after 120 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield base
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL: whatever of the group is left
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        proc.wait()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it "
+                                             "with apt-get when it can)")
+def test_browser_mlflow_ui_lists_the_runs_and_dvc_plots_holds_the_charts(project, tmp_path):
+    """MLflow's UI lists the four variants and `evaluate`; `dvc plots show` has both curves and the
+    confusion matrix. Screenshots: mlflow_runs.png, mlflow_evaluate_run.png, dvc_plots.png in tmp_path."""
+    root, _ = project
+    variants = list(yaml.safe_load((root / "params.yaml").read_text())["train"]["variants"])
+    assert len(variants) == 4
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("celeba-gender-vgg16").experiment_id
+    n_runs = len(client.search_runs([exp_id], max_results=1000))
+    # the latest repro's runs (earlier tests may have re-run stages): models/*/run.json, and the
+    # evaluate run under the champion
+    trained = {json.loads((root / "models" / v / "run.json").read_text())["run_id"]: v for v in variants}
+    best = json.loads((root / "models" / "best.json").read_text())
+    (evaluate,) = client.search_runs(
+        [exp_id], f"tags.stage = 'evaluate' and tags.`mlflow.parentRunId` = '{best['run_id']}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    expected = {**trained, evaluate.info.run_id: "evaluate"}
+
+    with _mlflow_ui(root, tmp_path / "mlflow-ui.log") as base:
+        # Ordered by start time (the default) the table nests `evaluate` under its parent run,
+        # collapsed; ordered by anything else it lists every run flat: best validation accuracy first.
+        order = urllib.parse.quote("metrics.`best_val_acc`")
+        dom = _browse(f"{base}/#/experiments/{exp_id}/runs?orderByKey={order}&orderByAsc=false",
+                      tmp_path / "mlflow_runs.png", tmp_path, ready=lambda d: all(r in d for r in expected))
+        # each run's name is a link to its own page
+        links = dict(re.findall(rf'href="#/experiments/{exp_id}/runs/([0-9a-f]{{32}})"[^>]*>\s*<span[^>]*>([^<]+)</span>',
+                                dom))
+        assert {run_id: links.get(run_id) for run_id in expected} == expected, links
+        assert re.search(rf"<strong>{n_runs}</strong>\s*matching runs", dom), "run count missing"
+
+        dom = _browse(f"{base}/#/experiments/{exp_id}/runs/{evaluate.info.run_id}",
+                      tmp_path / "mlflow_evaluate_run.png", tmp_path, ready=lambda d: "test_accuracy" in d)
+        assert 'data-testid="runs-header">evaluate<' in dom and "test_accuracy" in dom
+        assert re.search(rf'data-testid="key-value-Parent run".{{0,400}}?'
+                         rf'href="#/experiments/{exp_id}/runs/{best["run_id"]}">{re.escape(best["variant"])}</a>', dom, re.S)
+
+    # `dvc plots show` (the template .dvc/plots/variant_curves.json came with the project)
+    out = tmp_path / "plots"
+    sh(["dvc", "plots", "show", "-o", str(out)], root)
+    page = (out / "index.html").read_text()
+    specs = {div: json.loads(spec) for div, spec in re.findall(
+        r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (\{.*?\});\s*vegaEmbed', page, re.S)}
+    assert set(specs) == {"val_acc", "val_loss", "metrics_confusion_matrix_csv"}
+    with open(root / "metrics" / "curves.csv", newline="") as f:
+        curves = sorted(tuple(row.items()) for row in csv.DictReader(f))
+    assert {dict(row)["variant"] for row in curves} == set(variants)
+    for metric in ("val_acc", "val_loss"):
+        encoding = specs[metric]["encoding"]
+        assert (encoding["x"]["field"], encoding["y"]["field"], encoding["color"]["field"]) == \
+            ("epoch", metric, "variant")
+        keys = [k for k, _ in curves[0]]
+        assert sorted(tuple((k, v[k]) for k in keys) for v in specs[metric]["data"]["values"]) == curves
+    with open(root / "metrics" / "confusion_matrix.csv", newline="") as f:
+        cells = Counter((row["actual"], row["predicted"]) for row in csv.DictReader(f))
+    assert Counter((v["actual"], v["predicted"])
+                   for v in specs["metrics_confusion_matrix_csv"]["data"]["values"]) == cells
+    assert '<img src="static/workspace_metrics_confusion_matrix.png">' in page
+    assert (out / "static" / "workspace_metrics_confusion_matrix.png").read_bytes() == \
+        (root / "metrics" / "confusion_matrix.png").read_bytes()
+    # The page draws its vega specs with vega, vega-lite and vega-embed from cdn.jsdelivr.net: with
+    # no network the three charts stay empty (hence the checks of the specs above) and the
+    # screenshot shows the confusion-matrix PNG; with the CDN in reach it shows the charts too.
+    dom = _browse((out / "index.html").as_uri(), tmp_path / "dvc_plots.png", tmp_path)
+    assert all(f'id="{div}"' in dom for div in (*specs, "metrics_confusion_matrix_png"))
+    assert 'src="static/workspace_metrics_confusion_matrix.png"' in dom
