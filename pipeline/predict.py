@@ -124,6 +124,7 @@ def registry_classifier(params_path: str, uri: str | None = None):
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from pipeline import tracking
     from pipeline.tracking import tracking_uri
 
     params = load_params(params_path)
@@ -149,7 +150,7 @@ def registry_classifier(params_path: str, uri: str | None = None):
                 raise PipelineError(f"MLflow store {store}: {one_line(exc.message)}") from None
             raise PipelineError(f"no model {name}@{alias} in the MLflow store {store}: {why} {hint}") from None
         uri = f"models:/{name}@{alias}"
-    mlflow.set_tracking_uri(store)
+    tracking.use_store(store)
     return _unwrap(uri, uri), uri
 
 

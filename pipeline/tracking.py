@@ -65,11 +65,23 @@ def _store_lock(uri: str):
         yield
 
 
+def use_store(uri: str) -> None:
+    """Point this process's MLflow client at ``uri`` without writing it into the environment:
+    MLflow 3's ``set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI``, which would then win
+    over ``params.yaml`` for every later Params in this process and for every child process."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def setup(params: Params) -> str:
     """Point MLflow at the store and the experiment; return the experiment id."""
     uri = tracking_uri(params)
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     name = params.get("base.mlflow.experiment")
     with _store_lock(uri):
         exp = mlflow.get_experiment_by_name(name)

@@ -1,4 +1,6 @@
 """params.yaml validation: a bad knob fails before any work, naming the key."""
+import os
+
 import pytest
 
 from pipeline.config import PipelineError, load_params
@@ -65,3 +67,14 @@ def test_a_queued_experiment_resolves_shared_state_against_the_original_repo(mak
     assert params.shared_path("train.feature_cache") == tmp_path / "repo" / "data" / "features"
     assert params.shared_path("base.mlflow.artifact_root") == tmp_path / "repo" / "mlartifacts"
     assert params.path("split.dir") == copy / "data" / "split"  # the experiment's own outputs stay in the copy
+
+
+def test_setting_up_one_store_does_not_leak_into_the_next(make_params, tmp_path):
+    """MLflow 3's set_tracking_uri writes MLFLOW_TRACKING_URI; setup must not let it win later."""
+    from pipeline import tracking
+
+    first = make_params(folder=tmp_path / "a")
+    second = make_params(folder=tmp_path / "b")
+    tracking.setup(first)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert tracking.tracking_uri(second) == f"sqlite:///{tmp_path}/b/mlflow.db"

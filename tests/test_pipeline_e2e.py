@@ -1,11 +1,8 @@
 """The real ``dvc repro`` on a shrunken config in a temporary copy of the project."""
 import csv
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
-from projects import env, new_project, sh, stages_run
+from projects import env, free_port, new_project, sh, stages_run, stop_group
 
 pytestmark = pytest.mark.slow
 SHRUNK = {"data.synthetic.images": 80, "train.epochs": 2}
@@ -183,9 +180,7 @@ def _browse(url: str, png: Path, tmp: Path, ready=lambda dom: True) -> str:
 def _mlflow_ui(root: Path, log: Path):
     """`mlflow ui` on 127.0.0.1 over the project's store, in its own session; yields its base URL.
     The whole process group (the server's workers too) is killed on the way out."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
                                  f"sqlite:///{root / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
@@ -205,16 +200,7 @@ def _mlflow_ui(root: Path, log: Path):
             time.sleep(0.5)
         yield base
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL: whatever of the group is left
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        proc.wait()
+        stop_group(proc, timeout=15)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it "

@@ -7,8 +7,6 @@ Needs a PostgreSQL server: set MLFLOW_TEST_POSTGRES_URI to a URI whose role may 
 (CI: ``export MLFLOW_TEST_POSTGRES_URI="$(.ci/postgres.sh)"``). Each run makes a database of its
 own (``mlflow_test_<random>``) and drops it afterwards, so reruns never collide."""
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from projects import env, new_project, sh
+from projects import env, free_port, new_project, sh, stop_group
 
 POSTGRES_URI = os.environ.get("MLFLOW_TEST_POSTGRES_URI", "")
 pytestmark = [
@@ -31,12 +29,6 @@ pytestmark = [
 VARIANT = "head_only-lr1e-3"
 CONFIG = {"data.synthetic.images": 60, "train.epochs": 2,
           "train.variants": {VARIANT: {"strategy": "head_only", "lr": 0.001}}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def libpq_uri(uri: str) -> str:
@@ -93,20 +85,9 @@ def start_server(backend: str, artifacts: Path, log: Path):
             return server, uri
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
-                stop_server(server)
+                stop_group(server)
                 pytest.fail(f"mlflow server did not start:\n{log.read_text(errors='replace')[-3000:]}")
             time.sleep(1)
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
 
 
 def test_dvc_repro_against_a_tracking_server_with_a_postgresql_store(tmp_path, postgres_db):
@@ -144,7 +125,7 @@ def test_dvc_repro_against_a_tracking_server_with_a_postgresql_store(tmp_path, p
         print(f"--- mlflow server log (tail) ---\n{log.read_text(errors='replace')[-3000:]}")
         raise
     finally:
-        stop_server(server)
+        stop_group(server)
 
     # The artifacts went through the server to its destination; nothing to the project's store.
     saved = {p.name for p in artifacts.rglob("*.pt") if train.info.run_id in p.parts}

@@ -2,9 +2,6 @@
 browses: the default SQLite store (relative path, resolved against the repo DVC copied) and a
 real ``mlflow server`` on 127.0.0.1. No run is lost or duplicated."""
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +11,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from projects import env, new_project, sh
+from projects import env, free_port, new_project, sh, stop_group
 
 pytestmark = pytest.mark.slow
 VARIANT = "head_only-lr1e-3"
 CONFIG = {"data.synthetic.images": 60, "train.epochs": 2,
           "train.variants": {VARIANT: {"strategy": "head_only", "lr": 0.001}}}
 LRS = (0.002, 0.003)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_queue(root: Path, **extra_env) -> None:
@@ -90,8 +81,7 @@ def test_queued_experiments_land_in_a_tracking_server(tmp_path):
         check_store(uri)
         assert not (root / "mlflow.db").exists()  # nothing went to the default store
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_group(server)
 
 
 def test_unreachable_server_fails_before_any_work(tmp_path):

@@ -1,8 +1,5 @@
 """The REAL ``mlflow models serve`` of the registered champion gives pipeline.predict's numbers."""
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from projects import free_port, stop_group
 from champion_project import build, cli_env, make_faces, preprocess
 from pipeline import tracking
 from pipeline.predict import load_classifier, predict_batches
@@ -23,12 +21,6 @@ PING_TIMEOUT_S = 120
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     return build(tmp_path_factory)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_ping(proc, url: str, log: Path) -> float:
@@ -45,20 +37,6 @@ def wait_for_ping(proc, url: str, log: Path) -> float:
             pass
         time.sleep(0.25)
     pytest.fail(f"no /ping answer within {PING_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc) -> None:
-    """Terminate the server's whole process group (mlflow -> uvicorn and its worker)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
 
 
 def test_served_champion_matches_predict(project, tmp_path):
@@ -83,7 +61,7 @@ def test_served_champion_matches_predict(project, tmp_path):
         with urllib.request.urlopen(request, timeout=60) as resp:
             served = json.loads(resp.read())["predictions"]
     finally:
-        stop(proc)
+        stop_group(proc)
     # pipeline.predict on the same image files, with the same registry model
     classifier, _ = load_classifier(None, str(project.root / "params.yaml"))
     errors = []
