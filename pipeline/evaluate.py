@@ -13,6 +13,11 @@ the selected training run.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the heavy imports below: a bad params.yaml or an unreachable
+    from pipeline.store import preflight  # tracking server fails in well under a second
+
+    preflight()
+
 import argparse
 import json
 import tempfile

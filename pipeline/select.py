@@ -13,6 +13,11 @@ points alias ``select.alias`` (``champion``) at the new version, writes ``select
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the heavy imports below: a bad params.yaml or an unreachable
+    from pipeline.store import preflight  # tracking server fails in well under a second
+
+    preflight()
+
 import argparse
 import json
 

@@ -5,48 +5,18 @@ import contextlib
 import fcntl
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import numpy as np
 
-from pipeline.config import Params, PipelineError
+from pipeline.config import Params, PipelineError  # noqa: F401
+from pipeline.store import check_reachable, store_uri, tracking_uri  # noqa: F401 - re-exported
 
 TAG_VARIANT = "variant"
 TAG_STAGE = "stage"
 TAG_COMMIT = "git_commit"
 TAG_MODEL_URI = "model_uri"
-
-
-def store_uri(params: Params) -> str:
-    """``base.mlflow.tracking_uri`` with a relative SQLite path made absolute against
-    :meth:`Params.shared_root` (so a queued ``dvc exp run`` writes to the repo's store)."""
-    uri = str(params.get("base.mlflow.tracking_uri"))
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(params.shared_root() / uri[len(prefix):])
-    return uri
-
-
-def tracking_uri(params: Params) -> str:
-    """``MLFLOW_TRACKING_URI`` if set (a tracking server, say), else :func:`store_uri`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or store_uri(params)
-
-
-def check_reachable(uri: str, timeout: float = 2.0) -> None:
-    """A tracking server must answer ``/health`` now, not after an hour of training."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return  # it answered (behind auth or a proxy, perhaps): reachable
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise PipelineError(f"MLflow tracking server {uri} is unreachable ({reason}); start it "
-                            "(make mlflow-server) or unset MLFLOW_TRACKING_URI") from None
 
 
 @contextlib.contextmanager

@@ -17,6 +17,11 @@ so two runs on the same CPU give identical metrics.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the heavy imports below: a bad params.yaml or an unreachable
+    from pipeline.store import preflight  # tracking server fails in well under a second
+
+    preflight()
+
 import argparse
 import hashlib
 import json
