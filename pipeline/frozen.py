@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from pipeline.config import Params, PipelineError, load_params, run_main, write_json
 from pipeline.data import FaceDataset, detect_layout, read_split
@@ -178,12 +178,17 @@ def weights_id(params: Params) -> str:
     return f"{weights}:{h.hexdigest()}"
 
 
+def code_digest(names) -> str:
+    """A digest of the named modules of this package (what a cached value was computed by)."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.blake2b(digest_size=16)
+    for name in names:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(params: Params, frames: dict[str, pd.DataFrame], device: torch.device) -> tuple[str, dict]:
     """A digest of everything the cached values depend on, and its readable parts."""
-    here = Path(__file__).resolve().parent
-    code = hashlib.blake2b(digest_size=16)
-    for name in CODE_FILES:
-        code.update((here / name).read_bytes())
     images = hashlib.blake2b(digest_size=16)
     folder = detect_layout(params.dataset_root()).image_dir
     for split, frame in frames.items():
@@ -192,7 +197,7 @@ def cache_key(params: Params, frames: dict[str, pd.DataFrame], device: torch.dev
             images.update(image_id.encode())
             _hash_file(images, folder / image_id)
     parts = {"format": FORMAT, "weights": weights_id(params), "image_size": int(params.get("data.image_size")),
-             "images": images.hexdigest(), "code": code.hexdigest(), "torch": torch.__version__,
+             "images": images.hexdigest(), "code": code_digest(CODE_FILES), "torch": torch.__version__,
              "device": device.type, "amp": str(params.get("train.amp"))}
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=10).hexdigest()
     return digest, parts

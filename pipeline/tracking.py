@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from pipeline.config import Params, PipelineError  # noqa: F401
+from pipeline.config import Params
 from pipeline.store import check_reachable, store_uri, tracking_uri  # noqa: F401 - re-exported
 
 TAG_VARIANT = "variant"

@@ -36,7 +36,7 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 from pipeline import frozen, tracking
-from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
+from pipeline.config import Params, atomic_write, load_params, run_main, write_json
 from pipeline.data import CLASS_NAMES, FaceDataset, make_loader, read_split
 from pipeline.engine import evaluate, progress, resolve_device, train_one_epoch
 from pipeline.model import build_model, save_checkpoint, set_strategy, trainable_state
@@ -115,7 +115,7 @@ def train(params: Params, variant: str) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         history, epoch_seconds, first_epoch = state["history"], state["epoch_seconds"], state["epoch"] + 1
-        best = {**state["best"], "ckpt": work / f"epoch_{state['best']['epoch']:03d}.pt"}
+        best = {**state["best"], "ckpt": epoch_checkpoint(work, state["best"]["epoch"])}
     work.mkdir(parents=True, exist_ok=True)
     run_args = {"run_id": state["run_id"]} if state else {"run_name": variant}
     with mlflow.start_run(**run_args) as run:
@@ -153,7 +153,7 @@ def train(params: Params, variant: str) -> dict:
             row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
                    "val_loss": va["loss"], "val_acc": va["acc"]}
             history.append(row)
-            ckpt = work / f"epoch_{epoch:03d}.pt"
+            ckpt = epoch_checkpoint(work, epoch)
             save_checkpoint(ckpt, model, epoch=epoch, metrics=row, **ckpt_meta)
             # best: highest val_acc, then lowest val_loss, then the earlier epoch
             if best is None or (va["acc"], -va["loss"]) > (best["val_acc"], -best["val_loss"]):
@@ -219,9 +219,7 @@ def resume_fingerprint(params: Params, variant: str, device: torch.device) -> st
     h.update(f"{params.get('base.seed')}|{device.type}|{torch.__version__}".encode())
     for name in ("train", "val"):
         h.update((params.path("split.dir") / f"{name}.csv").read_bytes())
-    here = Path(__file__).resolve().parent
-    for name in ("train.py", "engine.py", "frozen.py", "model.py", "data.py"):
-        h.update((here / name).read_bytes())
+    h.update(frozen.code_digest(("train.py", "engine.py", "frozen.py", "model.py", "data.py")).encode())
     return h.hexdigest()
 
 
@@ -238,7 +236,7 @@ def load_resume(work: Path, fingerprint: str) -> dict | None:
     if state.get("fingerprint") != fingerprint:
         print(f"{path}: made with other settings, data or code; training from scratch")
         return None
-    best = work / f"epoch_{state['best']['epoch']:03d}.pt"
+    best = epoch_checkpoint(work, state["best"]["epoch"])
     if not best.is_file():
         print(f"{best}: missing; training from scratch")
         return None
@@ -256,9 +254,17 @@ def restore_trainable(model: torch.nn.Module, trainable: dict) -> None:
             params[name].copy_(value)
 
 
-def log_epoch(row: dict, seconds: float, ckpt: Path) -> None:
+def epoch_checkpoint(work: Path, epoch: int) -> Path:
+    return work / f"epoch_{epoch:03d}.pt"
+
+
+def log_epoch_metrics(row: dict, seconds: float) -> None:
     mlflow.log_metrics({**{k: v for k, v in row.items() if k != "epoch"}, "epoch_seconds": seconds},
                        step=row["epoch"])
+
+
+def log_epoch(row: dict, seconds: float, ckpt: Path) -> None:
+    log_epoch_metrics(row, seconds)
     mlflow.log_artifact(str(ckpt), "checkpoints")
 
 
@@ -268,10 +274,9 @@ def log_missing_epochs(run_id: str, history: list[dict], epoch_seconds: list[flo
     logged = {m.step for m in client.get_metric_history(run_id, "val_acc")}
     ckpts = {Path(f.path).name for f in client.list_artifacts(run_id, "checkpoints")}
     for row, seconds in zip(history, epoch_seconds):
-        ckpt = work / f"epoch_{row['epoch']:03d}.pt"
+        ckpt = epoch_checkpoint(work, row["epoch"])
         if row["epoch"] not in logged:
-            mlflow.log_metrics({**{k: v for k, v in row.items() if k != "epoch"}, "epoch_seconds": seconds},
-                               step=row["epoch"])
+            log_epoch_metrics(row, seconds)
         if ckpt.name not in ckpts and ckpt.is_file():
             mlflow.log_artifact(str(ckpt), "checkpoints")
 
