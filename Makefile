@@ -1,6 +1,8 @@
 # make setup   - create .venv from requirements.txt (idempotent: redone only when requirements change)
 # make repro   - setup, then run the DVC pipeline (split -> train x4 -> select -> evaluate)
-# make test    - setup, then the whole test suite
+# make help    - this list (also what a bare `make` prints)
+# make test    - setup, then the whole test suite (what CI runs)
+# make test-fast - setup, then the unit tests only (-m "not slow": no dvc repro, no servers, no browser)
 # make bench   - plain loop vs frozen-prefix reuse on the default config (prints a table + JSON)
 # make mlflow-ui - browse runs of the local SQLite store at http://127.0.0.1:5000
 # make mlflow-server - a tracking server on 127.0.0.1:5000 over the same store, for parallel runs:
@@ -14,7 +16,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test bench mlflow-ui mlflow-server celeba-sample clean
+.DEFAULT_GOAL := help
+.PHONY: help setup repro test test-fast bench mlflow-ui mlflow-server celeba-sample clean
+
+help:
+	@awk '/^#/ {sub(/^# ?/, ""); print; next} {exit}' $(firstword $(MAKEFILE_LIST))
 
 setup: $(STAMP)
 
@@ -28,6 +34,9 @@ repro: setup
 
 test: setup
 	python -m pytest
+
+test-fast: setup
+	python -m pytest -m "not slow"
 
 bench: setup
 	python -m pipeline.bench
