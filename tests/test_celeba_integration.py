@@ -13,7 +13,7 @@ from pipeline.train import train
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}"),
+    pytest.mark.needs(CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}"),
 ]
 N = 300
 VARIANT = "last_block-lr1e-4"

@@ -106,7 +106,7 @@ from conftest import CELEBA_SAMPLE  # noqa: E402
 from pipeline.data import (ATTR_CSV, KAGGLE, OFFICIAL, check_images, detect_layout,  # noqa: E402
                            identities_of)
 
-needs_sample = pytest.mark.skipif(not CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}")
+needs_sample = pytest.mark.needs(CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}")
 
 
 def test_layouts_are_detected(tmp_path):

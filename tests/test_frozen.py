@@ -1,6 +1,9 @@
 """Frozen-prefix reuse: the cached path gives the plain loop's numbers, and the cache is keyed."""
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,7 @@ from PIL import Image
 from pipeline import frozen, split, train
 from pipeline.config import PipelineError
 from pipeline.data import Preset, detect_layout, read_split
-from pipeline.model import build_model, set_strategy
+from pipeline.model import LAST_BLOCK, build_model, set_strategy
 
 VARIANTS = {"head": {"strategy": "head_only", "lr": 0.001}, "block": {"strategy": "last_block", "lr": 0.0001}}
 
@@ -118,3 +121,106 @@ def test_bf16_autocast_runs_and_is_logged(make_params):
     run = mlflow.get_run(result["run_id"])
     assert run.data.params["amp"] == "bf16" and run.data.params["cached_layer"] == "pool5"
     assert run.data.metrics["epoch_seconds"] > 0
+
+
+# --- the cache key covers every input it claims to -------------------------------------
+
+def _key(params, device: str = "cpu") -> str:
+    frames = {s: read_split(params.path("split.dir"), s) for s in ("train", "val")}
+    return frozen.cache_key(params, frames, torch.device(device))[0]
+
+
+KEY_INPUTS = ["weights-file-bytes", "image-size", "amp", "device-type", "torch-version",
+              *(f"code-{name}" for name in frozen.CODE_FILES)]
+
+
+@pytest.mark.parametrize("change", KEY_INPUTS)
+def test_cache_key_changes_with_each_input_it_covers(change, make_params, tmp_path, monkeypatch):
+    """Each input the module docstring names gives a new entry; an unrelated knob (a variant's
+    lr) does not. (Image bytes: test_cache_is_built_once_sized_as_estimated_and_keyed_by_image_bytes.)"""
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"\x01" * 64)  # weights_id hashes the bytes; build_model is not called
+    base = {"model.weights": str(weights), "train.variants": VARIANTS}
+    params = make_params(base)
+    split.split(params)
+    before = _key(params)
+    lr_only = make_params({**base, "train.variants": {"head": {"strategy": "head_only", "lr": 0.5}}})
+    assert _key(lr_only) == before  # deterministic, and blind to what the cache does not depend on
+    device = "cpu"
+    if change == "weights-file-bytes":
+        weights.write_bytes(b"\x02" * 64)  # same path, other bytes
+    elif change == "image-size":
+        params = make_params({**base, "data.image_size": 64})
+    elif change == "amp":
+        params = make_params({**base, "train.amp": "bf16"})
+    elif change == "device-type":
+        device = "cuda"  # cache_key only reads device.type: no GPU needed
+    elif change == "torch-version":
+        monkeypatch.setattr(torch, "__version__", f"{torch.__version__}.other")
+    else:  # a copy of the package's code files with one of them edited
+        name = change.removeprefix("code-")
+        copy = tmp_path / "code"
+        copy.mkdir()
+        for code_file in frozen.CODE_FILES:
+            (copy / code_file).write_bytes((Path(frozen.__file__).parent / code_file).read_bytes())
+        with open(copy / name, "a") as f:
+            f.write("\n# edited\n")
+        monkeypatch.setattr(frozen, "__file__", str(copy / "frozen.py"))
+    assert _key(params, device) != before, change
+
+
+# --- the frozen fc6/fc7 dropout (the seed experiment's model.train()) -------------------
+
+@pytest.fixture(scope="module")
+def vgg():
+    """One seeded VGG-16 for the tests below (each takes a deep copy: building one takes seconds)."""
+    return build_model("none", seed=7)
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["whole-network", "cached-pool5-tail"])
+@pytest.mark.parametrize("frozen_dropout", [True, False], ids=["frozen-dropout-on", "frozen-dropout-off"])
+def test_frozen_dropout_makes_training_passes_differ_only_when_on(frozen_dropout, reuse, vgg):
+    """head_only: everything before the head is frozen and the only random layers are the
+    dropouts after fc6 and fc7. In training mode two passes of one batch differ with
+    frozen_dropout on, and are equal with it off; in eval mode they are always equal."""
+    from pipeline.engine import set_train_mode
+
+    model = copy.deepcopy(vgg)
+    set_strategy(model, "head_only")
+    x = torch.randn(4, 3, 32, 32)
+    net, inputs = model, x
+    if reuse:
+        net = frozen.Tail(model, "pool5", 32)
+        with torch.no_grad():
+            inputs = frozen._forward_layers(model.eval(), x, ["pool5"])["pool5"]
+    dropouts = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [model.classifier[2], model.classifier[5]]  # after fc6 and fc7, both frozen
+    set_train_mode(net, frozen_dropout)
+    assert [m.training for m in dropouts] == [frozen_dropout] * 2
+    torch.manual_seed(0)
+    with torch.no_grad():
+        first, second = net(inputs), net(inputs)
+    assert torch.equal(first, second) is not frozen_dropout
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(inputs), net(inputs))
+
+
+@pytest.mark.parametrize("strategy", ["head_only", "last_block"])
+def test_an_epoch_changes_the_trainable_weights_and_no_frozen_one(strategy, vgg):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pipeline.engine import train_one_epoch
+
+    model = copy.deepcopy(vgg)
+    set_strategy(model, strategy)
+    trainable = {"classifier.6.weight", "classifier.6.bias"}  # the new head; last_block adds conv5
+    trainable |= {f"features.{i}.{k}" for i in LAST_BLOCK for k in ("weight", "bias")} if strategy == "last_block" else set()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 2, (16,), generator=g).float())
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    train_one_epoch(model, DataLoader(data, batch_size=8), optimizer, torch.device("cpu"), frozen_dropout=True)
+    after = dict(model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed == trainable, sorted(changed ^ trainable)

@@ -23,7 +23,7 @@ from projects import env, free_port, new_project, sh, stop_group
 POSTGRES_URI = os.environ.get("MLFLOW_TEST_POSTGRES_URI", "")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not POSTGRES_URI, reason="MLFLOW_TEST_POSTGRES_URI is not set (a PostgreSQL URI "
+    pytest.mark.needs(bool(POSTGRES_URI), reason="MLFLOW_TEST_POSTGRES_URI is not set (a PostgreSQL URI "
                        "whose role may CREATE DATABASE; CI: export MLFLOW_TEST_POSTGRES_URI=\"$(.ci/postgres.sh)\")"),
 ]
 VARIANT = "head_only-lr1e-3"

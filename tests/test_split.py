@@ -62,7 +62,7 @@ from conftest import CELEBA_SAMPLE  # noqa: E402
 from pipeline.data import identities_of, read_attributes  # noqa: E402
 from pipeline.split import SPLITS, identity_split, limit_subset  # noqa: E402
 
-needs_sample = pytest.mark.skipif(not CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}")
+needs_sample = pytest.mark.needs(CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}")
 
 
 def people(n_people=800, seed=0):
