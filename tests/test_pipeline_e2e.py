@@ -38,7 +38,7 @@ def test_repro_runs_every_stage_once(project):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     variants = list(params["train"]["variants"])
     assert len(variants) == 4
-    assert stages_run(out) == ["split", *[f"train@{v}" for v in variants], "select", "evaluate"]
+    assert stages_run(out) == ["generate", "split", *[f"train@{v}" for v in variants], "select", "evaluate"]
 
 
 def test_a_second_clean_clone_gives_identical_metrics_files(project, tmp_path):

@@ -8,12 +8,14 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 from pipeline.split import split
+from pipeline.synthetic import generate_from_params
 from pipeline.train import train
 
 
 @pytest.fixture
 def tiny(make_params):
     params = make_params({"train.epochs": 2})
+    generate_from_params(params)
     split(params)
     return params
 
