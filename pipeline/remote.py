@@ -83,8 +83,9 @@ def pull(cwd: Path | None = None) -> None:
         raise PipelineError(f"dvc status --cloud: unreadable answer ({proc.stdout.strip()[:200]})") from None
     missing = sorted(path for path, state in status.items() if state == "missing")
     if missing:
-        raise PipelineError(f"DVC remote '{name}' ({url}) lacks {len(missing)} output(s) of dvc.lock, e.g. "
-                            f"{missing[0]} (dvc push them from the clone that ran dvc repro); nothing pulled")
+        raise PipelineError(f"DVC remote '{name}' ({url}) lacks {len(missing)} of the outputs in dvc.lock "
+                            f"(folders and files), e.g. {missing[0]} (dvc push them from the clone that ran "
+                            "dvc repro); nothing pulled")
     proc = dvc("pull", cwd=cwd)
     if proc.returncode != 0:
         raise PipelineError(f"dvc pull from remote '{name}' ({url}) failed: {dvc_error(proc)}")

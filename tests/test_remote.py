@@ -88,6 +88,7 @@ def test_pull_from_a_remote_that_lacks_the_data_fails_in_one_line(pushed, tmp_pa
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: DVC remote 'store' ({empty}) lacks ") and proc.stderr.count("\n") == 1
     assert "nothing pulled" in proc.stderr
+    print(proc.stderr)  # for the record
     assert not (clone / "models").exists() and not (clone / "data").exists()
 
 
