@@ -81,11 +81,13 @@ def pull(cwd: Path | None = None) -> None:
         status = json.loads(proc.stdout or "{}")
     except json.JSONDecodeError:
         raise PipelineError(f"dvc status --cloud: unreadable answer ({proc.stdout.strip()[:200]})") from None
+    # a file in neither cache is "missing" in the JSON; a folder whose listing (.dir) is in neither
+    # shows up only in DVC's warning, by hash
     missing = sorted(path for path, state in status.items() if state == "missing")
+    missing += [f"md5 {m.group(1)}" for m in re.finditer(r"md5: (\S+)", proc.stderr)]
     if missing:
-        raise PipelineError(f"DVC remote '{name}' ({url}) lacks {len(missing)} of the outputs in dvc.lock "
-                            f"(folders and files), e.g. {missing[0]} (dvc push them from the clone that ran "
-                            "dvc repro); nothing pulled")
+        raise PipelineError(f"DVC remote '{name}' ({url}) lacks outputs that dvc.lock names, e.g. {missing[0]} "
+                            "(dvc push them from the clone that ran dvc repro); nothing pulled")
     proc = dvc("pull", cwd=cwd)
     if proc.returncode != 0:
         raise PipelineError(f"dvc pull from remote '{name}' ({url}) failed: {dvc_error(proc)}")
