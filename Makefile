@@ -9,7 +9,9 @@
 #                 export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (HOST=0.0.0.0 to serve a team)
 # make celeba-sample - the whole pipeline on ../shared/celeba-sample (real CelebA) as DVC experiment
 #                  `celeba-sample`, in a temporary copy: params.yaml, dvc.lock, workspace untouched
-# make clean   - remove generated data/ (split, feature cache) and models/ (not the MLflow store)
+# make push    - dvc push to the default DVC remote, after dvc repro + git commit (one-line errors)
+# make pull    - dvc pull from it on another clone; checks the remote first, pulls nothing if it lacks data
+# make clean   - remove the generated set, split, feature cache and models/ (not the MLflow store, not data.root)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,7 +19,7 @@ STAMP := $(VENV)/.requirements.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast bench mlflow-ui mlflow-server celeba-sample clean
+.PHONY: help setup repro test test-fast bench mlflow-ui mlflow-server celeba-sample push pull clean
 
 help:
 	@awk '/^#/ {sub(/^# ?/, ""); print; next} {exit}' $(firstword $(MAKEFILE_LIST))
@@ -70,6 +72,18 @@ celeba-sample: setup
 	    -S 'base.mlflow.artifact_root=$(CURDIR)/mlartifacts' $(CELEBA_SAMPLE_ARGS)
 	dvc exp show --md --drop '.*' --keep 'Experiment|.*best_val_acc|accuracy|split.group_by|data.root'
 
-# Generated pipeline outputs only; the MLflow store (mlflow.db, mlartifacts/) keeps its history.
+# Sharing outputs through the DVC remote (README: "Sharing results: a DVC remote"). pipeline.remote
+# checks the remote first and turns DVC's multi-line failures into one line.
+push: setup
+	python -m pipeline.remote push
+
+pull: setup
+	python -m pipeline.remote pull
+
+# Generated pipeline outputs only (paths from params.yaml); the MLflow store (mlflow.db, mlartifacts/)
+# keeps its history, and a CelebA folder under data/ (data.root) is never touched.
+CLEAN_KEYS := data.synthetic.dir split.dir train.feature_cache train.models_dir
 clean:
-	rm -rf data models dvc_plots
+	$(BIN)/python -c "import sys; from pipeline.config import load_params; p = load_params(); \
+	print('\n'.join(str(p.path(k)) for k in sys.argv[1:]))" $(CLEAN_KEYS) | xargs -d '\n' rm -rf
+	rm -rf dvc_plots

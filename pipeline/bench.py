@@ -51,7 +51,10 @@ def write_mode_params(src: Path, folder: Path, split_dir: Path, reuse: bool, epo
     raw = params.resolved()
     raw["base"]["mlflow"]["tracking_uri"] = f"sqlite:///{folder / 'mlflow.db'}"
     raw["split"]["dir"] = str(split_dir)
-    raw["data"]["root"] = str(params.path("data.root"))
+    # the generated set goes next to the split (workdir/synthetic), real CelebA stays where it is
+    raw["data"]["synthetic"]["dir"] = str(split_dir.parent / "synthetic")
+    raw["data"]["root"] = str(split_dir.parent / "synthetic" if params.get("data.source") == "synthetic"
+                              else params.path("data.root"))
     raw["train"]["reuse_frozen"] = reuse
     if epochs:
         raw["train"]["epochs"] = epochs
@@ -81,6 +84,8 @@ def bench(params_file: Path, workdir: Path, epochs: int | None) -> dict:
     split_dir = workdir / "split"
     variants = load_params(params_file).variants()
     first = write_mode_params(params_file, workdir / "plain", split_dir, False, epochs)
+    if load_params(params_file).get("data.source") == "synthetic":
+        run_process(py + ["pipeline.synthetic", "--params", str(first)], env)
     split_wall, _ = run_process(py + ["pipeline.split", "--params", str(first)], env)
     results: dict = {"split_seconds": split_wall}
     for mode, reuse in MODES.items():

@@ -75,16 +75,21 @@ class Params:
         return variants[name]
 
     def dataset_root(self) -> Path:
-        """Folder in CelebA layout that the reader uses: real CelebA or the generated set."""
-        if self.get("data.source") == "celeba":
-            root = self.path("data.root")
-            if not root.is_dir():
-                what = "is not a folder" if root.exists() else "not found"
-                raise PipelineError(f"data.root: {root} {what} ({self.name} data.root must be the CelebA folder "
-                                    "that holds img_align_celeba/ and list_attr_celeba.txt, or Kaggle's "
-                                    "list_attr_celeba.csv)")
-            return root
-        return self.path("split.dir") / "synthetic"
+        """The folder in CelebA layout that split, train and evaluate read: ``data.root``. With
+        ``data.source: synthetic`` that is ``data.synthetic.dir``, which the generate stage writes
+        (:func:`validate` checks they agree); with ``celeba``, the user's CelebA folder."""
+        root = self.path("data.root")
+        if self.get("data.source") == "synthetic":
+            hint = "the generated set: run the generate stage first (dvc repro generate)"
+        else:
+            hint = (f"{self.name} data.root must be the CelebA folder that holds img_align_celeba/ and "
+                    "list_attr_celeba.txt, or Kaggle's list_attr_celeba.csv")
+        if not root.is_dir():
+            what = "is not a folder" if root.exists() else "not found"
+            raise PipelineError(f"data.root: {root} {what} ({hint})")
+        if not any(root.iterdir()):
+            raise PipelineError(f"data.root: {root} is empty ({hint})")
+        return root
 
     def resolved(self) -> dict:
         """A plain copy of the whole config, for checkpoints and MLflow."""
@@ -128,13 +133,22 @@ def validate(p: Params) -> None:
     check_int("base.seed", 0)
     source = p.get("data.source")
     check(source in ("synthetic", "celeba"), f"data.source must be 'synthetic' or 'celeba', got {_got(source)}")
+    check_str("data.root")
+    check_str("data.synthetic.dir")
+    root, generated = p.path("data.root").resolve(), p.path("data.synthetic.dir").resolve()
     if source == "celeba":
-        check_str("data.root")
+        # the generate stage replaces data.synthetic.dir: it must never be, hold or sit in the CelebA folder
+        check(not (root == generated or root in generated.parents or generated in root.parents),
+              f"data.root ({p.get('data.root')}) and data.synthetic.dir ({p.get('data.synthetic.dir')}) must "
+              "not overlap: the generate stage rewrites data.synthetic.dir; point data.root at your CelebA folder")
     else:
-        check_int("data.synthetic.images", 1)
-        noise = p.get("data.synthetic.label_noise")
-        check(_is_number(noise) and 0 <= noise <= 1,
-              f"data.synthetic.label_noise must be a number from 0 to 1, got {_got(noise)}")
+        check(root == generated,
+              f"data.root must be data.synthetic.dir ({p.get('data.synthetic.dir')}) when data.source is "
+              f"synthetic, got {_got(p.get('data.root'))} (for your own CelebA folder set data.source: celeba)")
+    check_int("data.synthetic.images", 1)  # the generate stage runs in both modes
+    noise = p.get("data.synthetic.label_noise")
+    check(_is_number(noise) and 0 <= noise <= 1,
+          f"data.synthetic.label_noise must be a number from 0 to 1, got {_got(noise)}")
     limit = p.get("data.limit")
     check(limit is None or (_is_int(limit) and limit >= LIMIT_MIN),
           f"data.limit must be null (every image) or an integer >= {LIMIT_MIN}, got {_got(limit)}")

@@ -4,9 +4,9 @@ Usage::
 
     python -m pipeline.split [--params params.yaml]
 
-With ``data.source: synthetic`` it first generates the embedded default data set (see
-:mod:`pipeline.synthetic`) into ``<split.dir>/synthetic`` in CelebA's layout; with
-``celeba`` it reads ``data.root`` (official or Kaggle layout, see :func:`pipeline.data.detect_layout`).
+It reads the CelebA-layout folder ``data.root`` (official or Kaggle layout, see
+:func:`pipeline.data.detect_layout`): with ``data.source: synthetic`` the embedded default set
+that the generate stage wrote (:mod:`pipeline.synthetic`), with ``celeba`` real CelebA.
 ``data.limit: N`` first keeps a seeded stratified subset of N images. ``split.group_by: none``
 splits images (stratified by class); ``identity`` splits people (see :func:`identity_split`).
 Writes ``train.csv``, ``val.csv``, ``test.csv`` (``image_id,label``; label 1 = male) and
@@ -16,7 +16,6 @@ to ``split.dir``.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -122,32 +121,12 @@ def limit_subset(frame: pd.DataFrame, limit: int, seed: int, source: str | Path,
     return kept.sort_values("image_id").reset_index(drop=True)
 
 
-def generate_synthetic(params: Params, seed: int) -> dict:
-    """The embedded default set, generated next to its place and then swapped in, so a failure
-    leaves the previous set (which the previous split lists point at) as it was."""
-    from pipeline import synthetic
-
-    target = params.dataset_root()
-    fresh = target.with_name(f".{target.name}.new")
-    shutil.rmtree(fresh, ignore_errors=True)
-    try:
-        summary = synthetic.generate(fresh, int(params.get("data.synthetic.images")),
-                                     float(params.get("data.synthetic.label_noise")), seed)
-        shutil.rmtree(target, ignore_errors=True)
-        fresh.rename(target)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
-    return summary
-
-
 def split(params: Params, log=None) -> dict:
     """Read and check the data set, then write the split. Every check comes before the first
     write, so bad data leaves the previous split files as they were."""
     seed = int(params.get("base.seed"))
     out = params.path("split.dir")
     summary: dict = {"source": params.get("data.source")}
-    if params.get("data.source") == "synthetic":
-        summary["synthetic"] = generate_synthetic(params, seed)
     root = params.dataset_root()
     layout = detect_layout(root)
     if params.get("data.source") == "celeba":

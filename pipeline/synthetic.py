@@ -1,4 +1,13 @@
-"""The embedded default data set: synthetic faces in CelebA's own on-disk layout.
+"""Stage ``generate``: the embedded default data set, synthetic faces in CelebA's own on-disk layout.
+
+Usage::
+
+    python -m pipeline.synthetic [--params params.yaml]
+
+writes ``data.synthetic.images`` faces (seed ``base.seed``) to ``data.synthetic.dir``, the
+default ``data.root`` that the split stage reads. Its own output path, never the CelebA folder
+that ``data.root`` names with ``data.source: celeba`` (``pipeline.config.validate`` refuses an
+overlap), so DVC never replaces real data.
 
 Deterministic from the seed, so the default pipeline runs offline with nothing downloaded.
 Each synthetic person has a true gender that decides coarse cues:
@@ -15,10 +24,14 @@ best reachable accuracy against the file's labels is ``1 - label_noise`` (95 % b
 """
 from __future__ import annotations
 
-import numpy as np
+import argparse
+import shutil
 from pathlib import Path
+
+import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.config import Params, load_params, run_main
 from pipeline.data import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
 
 WIDTH, HEIGHT = 178, 218  # CelebA's aligned crops
@@ -132,3 +145,33 @@ def generate(out_dir: Path, n_images: int, label_noise: float, seed: int) -> dic
     (out_dir / ATTR_FILE).write_text(f"{n_images}\n{' '.join(ATTRIBUTES)}\n" + "\n".join(attr_rows) + "\n")
     (out_dir / IDENTITY_FILE).write_text("\n".join(id_rows) + "\n")
     return {"images": n_images, "identities": identity, "label_noise": label_noise, "labels_flipped": int(flipped)}
+
+
+def generate_from_params(params: Params) -> dict:
+    """The set that ``params`` describe, generated next to ``data.synthetic.dir`` and then swapped
+    in, so a failure leaves the previous set (which the previous split lists point at) as it was."""
+    target = params.path("data.synthetic.dir")
+    fresh = target.with_name(f".{target.name}.new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    try:
+        summary = generate(fresh, int(params.get("data.synthetic.images")),
+                           float(params.get("data.synthetic.label_noise")), int(params.get("base.seed")))
+        shutil.rmtree(target, ignore_errors=True)
+        fresh.rename(target)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    summary = generate_from_params(params)
+    print(f"generate: {summary['images']} images of {summary['identities']} people, "
+          f"{summary['labels_flipped']} labels flipped, in {params.path('data.synthetic.dir')}")
+
+
+if __name__ == "__main__":
+    run_main(main)

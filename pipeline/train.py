@@ -77,8 +77,9 @@ def train(params: Params, variant: str) -> dict:
     amp = str(params.get("train.amp"))
     channels_last = bool(params.get("train.channels_last")) and device.type == "cuda"
 
-    train_ds = FaceDataset(root, read_split(split_dir, "train"), size, train=True, seed=seed)
-    val_ds = FaceDataset(root, read_split(split_dir, "val"), size)
+    frames = {name: read_split(split_dir, name) for name in ("train", "val")}
+    train_ds = FaceDataset(root, frames["train"], size, train=True, seed=seed)
+    val_ds = FaceDataset(root, frames["val"], size)
 
     tracking.setup(params)  # a bad tracking URI fails here, before any work
     model = build_model(weights, seed, params.root)
@@ -133,6 +134,8 @@ def train(params: Params, variant: str) -> dict:
                 "channels_last": channels_last, "cached_layer": layer,
             })
             log_split(split_dir)
+            tracking.log_split_input(params, frames["train"], "train", "training")
+            tracking.log_split_input(params, frames["val"], "val", "validation")
         else:
             print(f"{variant}: resuming MLflow run {state['run_id']} after epoch {state['epoch']} of {epochs}")
             mlflow.set_tag(TAG_RESUMED, str(state["epoch"]))

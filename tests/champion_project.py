@@ -28,6 +28,7 @@ def build(tmp_path_factory) -> Params:
     if "params" not in _BUILT:
         from pipeline.select import select
         from pipeline.split import split
+        from pipeline.synthetic import generate_from_params
         from pipeline.train import train
 
         root = tmp_path_factory.mktemp("champion")
@@ -37,6 +38,7 @@ def build(tmp_path_factory) -> Params:
             mp.setenv("TORCH_HOME", str(root / "torch-home"))
             params = load_params(write_params(root, {"train.variants": {VARIANT: {"strategy": "head_only",
                                                                                     "lr": 0.001}}}))
+            generate_from_params(params)
             split(params)
             train(params, VARIANT)
             select(params)

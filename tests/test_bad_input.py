@@ -480,20 +480,49 @@ def test_run_main_interrupt_exits_130(capsys, monkeypatch):
     assert capsys.readouterr().err == "error: interrupted\n"
 
 
-def test_split_lists_are_unchanged_by_a_failed_synthetic_regeneration(make_params, monkeypatch):
-    """The generated default set is made next to its place and swapped in: a failure while
+def test_a_failed_synthetic_regeneration_keeps_the_set_and_the_split(make_params, monkeypatch):
+    """The generate stage makes the set next to its place and swaps it in: a failure while
     generating keeps the set that the earlier split lists point at."""
     params = make_params({"data.synthetic.images": 40})
+    synthetic.generate_from_params(params)
     split(params)
     before = split_outputs(Path(params.root) / "params.yaml")
-    images_before = sorted(p.name for p in (params.dataset_root() / IMAGE_DIR).iterdir())
+    images_before = {p.name: p.read_bytes() for p in (params.dataset_root() / IMAGE_DIR).iterdir()}
 
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(synthetic, "generate", fail)
     with pytest.raises(OSError):
-        split(params)
+        synthetic.generate_from_params(params)
     assert split_outputs(Path(params.root) / "params.yaml") == before
-    assert sorted(p.name for p in (params.dataset_root() / IMAGE_DIR).iterdir()) == images_before
-    assert sorted(p.name for p in params.path("split.dir").iterdir()) == sorted([*before, "synthetic"])
+    assert {p.name: p.read_bytes() for p in (params.dataset_root() / IMAGE_DIR).iterdir()} == images_before
+    assert sorted(p.name for p in params.path("data.synthetic.dir").parent.iterdir()) == ["split", "synthetic"]
+
+
+def test_an_empty_data_root_is_one_line_and_leaves_the_split(make_params, tmp_path):
+    params = make_params({"data.synthetic.images": 40})
+    synthetic.generate_from_params(params)
+    split(params)
+    before = split_outputs(Path(params.root) / "params.yaml")
+    (tmp_path / "empty").mkdir()
+    write_params(tmp_path, {"data.source": "celeba", "data.root": str(tmp_path / "empty")})
+    proc = run_stage("split", tmp_path / "params.yaml")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == f"error: data.root: {tmp_path}/empty is empty (params.yaml data.root must be the CelebA " \
+                          "folder that holds img_align_celeba/ and list_attr_celeba.txt, or Kaggle's list_attr_celeba.csv)\n"
+    assert split_outputs(tmp_path / "params.yaml") == before
+
+
+def test_the_generated_set_never_overlaps_a_celeba_root(tmp_path):
+    """The generate stage replaces data.synthetic.dir, so it may not be, hold or sit in data.root."""
+    for generated in ("data/celeba", "data", "data/celeba/gen"):
+        path = write_params(tmp_path, {"data.source": "celeba", "data.root": "data/celeba",
+                                       "data.synthetic.dir": generated})
+        with pytest.raises(PipelineError, match=rf"^params.yaml: data.root \(data/celeba\) and data.synthetic.dir "
+                                                rf"\({generated}\) must not overlap"):
+            load_params(path)
+    path = write_params(tmp_path, {"data.root": "data/other"})  # synthetic: root is the generated set
+    with pytest.raises(PipelineError, match=r"^params.yaml: data.root must be data.synthetic.dir \(data/synthetic\) "
+                                            r"when data.source is synthetic, got 'data/other'"):
+        load_params(path)

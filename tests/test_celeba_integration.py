@@ -42,7 +42,7 @@ def test_real_celeba_end_to_end(make_params, celeba_subset, tmp_path):
     assert summary["source"] == "celeba" and "synthetic" not in summary
     assert sum(summary[s]["images"] for s in ("train", "val", "test")) == N
     assert sum(summary[s]["male"] for s in ("train", "val", "test")) == males
-    assert not (params.path("split.dir") / "synthetic").exists()
+    assert not params.path("data.synthetic.dir").exists()  # nothing generated
     trained = train(params, VARIANT)
     assert 0.0 <= trained["best_val_acc"] <= 1.0
     best = select(params)

@@ -35,11 +35,12 @@ def test_missing_file_and_key(tmp_path, make_params):
 def test_paths_resolve_against_the_params_folder(make_params, tmp_path, monkeypatch):
     params = make_params()
     assert params.path("split.dir") == tmp_path / "data" / "split"
-    assert params.dataset_root() == tmp_path / "data" / "split" / "synthetic"
+    assert params.path("data.root") == params.path("data.synthetic.dir") == tmp_path / "data" / "synthetic"
     assert tracking_uri(params) == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert tracking_uri(params) == "http://127.0.0.1:5999"
     (tmp_path / "celeba").mkdir()
+    (tmp_path / "celeba" / "list_attr_celeba.txt").write_text("")
     celeba = make_params({"data.source": "celeba", "data.root": str(tmp_path / "celeba")})
     assert celeba.dataset_root() == tmp_path / "celeba"
 

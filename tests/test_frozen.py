@@ -13,6 +13,7 @@ from pipeline import frozen, split, train
 from pipeline.config import PipelineError
 from pipeline.data import Preset, detect_layout, read_split
 from pipeline.model import LAST_BLOCK, build_model, set_strategy
+from pipeline.synthetic import generate_from_params
 
 VARIANTS = {"head": {"strategy": "head_only", "lr": 0.001}, "block": {"strategy": "last_block", "lr": 0.0001}}
 
@@ -56,6 +57,7 @@ def test_reuse_gives_the_plain_loops_metrics(make_params, tmp_path, frozen_dropo
     base = {"train.epochs": 2, "data.synthetic.images": 100, "train.variants": variants,
             "train.frozen_dropout": frozen_dropout}
     plain = make_params({**base, "train.reuse_frozen": False})
+    generate_from_params(plain)
     split.split(plain)
     reuse = make_params({**base, "train.reuse_frozen": True})
     for name in variants:
@@ -73,6 +75,7 @@ def test_reuse_gives_the_plain_loops_metrics(make_params, tmp_path, frozen_dropo
 
 def test_cache_is_built_once_sized_as_estimated_and_keyed_by_image_bytes(make_params):
     params = make_params({"train.variants": VARIANTS})
+    generate_from_params(params)
     split.split(params)
     model = build_model("none", seed=42)
     first = frozen.ensure_cache(params, model, torch.device("cpu"), log=lambda m: None)
@@ -104,6 +107,7 @@ def test_cache_is_built_once_sized_as_estimated_and_keyed_by_image_bytes(make_pa
 
 def test_cache_that_does_not_fit_fails_before_writing(make_params, monkeypatch):
     params = make_params({"train.variants": VARIANTS})
+    generate_from_params(params)
     split.split(params)
     monkeypatch.setattr(frozen.shutil, "disk_usage", lambda p: type("U", (), {"free": 1024})())
     with pytest.raises(PipelineError, match=r"train.feature_cache: .* needs .* GB, only .* free"):
@@ -115,6 +119,7 @@ def test_bf16_autocast_runs_and_is_logged(make_params):
     import mlflow
 
     params = make_params({"train.amp": "bf16", "train.variants": {"head": VARIANTS["head"]}})
+    generate_from_params(params)
     split.split(params)
     result = train.train(params, "head")
     assert np.isfinite(result["history"][0]["val_loss"])
@@ -142,6 +147,7 @@ def test_cache_key_changes_with_each_input_it_covers(change, make_params, tmp_pa
     weights.write_bytes(b"\x01" * 64)  # weights_id hashes the bytes; build_model is not called
     base = {"model.weights": str(weights), "train.variants": VARIANTS}
     params = make_params(base)
+    generate_from_params(params)
     split.split(params)
     before = _key(params)
     lr_only = make_params({**base, "train.variants": {"head": {"strategy": "head_only", "lr": 0.5}}})

@@ -38,7 +38,7 @@ def test_repro_runs_every_stage_once(project):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     variants = list(params["train"]["variants"])
     assert len(variants) == 4
-    assert stages_run(out) == ["split", *[f"train@{v}" for v in variants], "select", "evaluate"]
+    assert stages_run(out) == ["generate", "split", *[f"train@{v}" for v in variants], "select", "evaluate"]
 
 
 def test_a_second_clean_clone_gives_identical_metrics_files(project, tmp_path):
@@ -71,6 +71,11 @@ def test_mlflow_holds_four_runs_with_every_epoch_and_artifacts(project):
         assert {a.path for a in client.list_artifacts(run.info.run_id, "confusion_matrix")} == \
             {"confusion_matrix/val.json", "confusion_matrix/val.png"}
         assert json.loads((root / "models" / run.info.run_name / "run.json").read_text())["run_id"] == run.info.run_id
+        contexts = {t.value: di.dataset for di in run.inputs.dataset_inputs for t in di.tags}
+        assert sorted(contexts) == ["training", "validation"]
+        assert (contexts["training"].name, contexts["validation"].name) == ("synthetic-train", "synthetic-val")
+    digests = {di.dataset.digest for run in runs for di in run.inputs.dataset_inputs}
+    assert len(digests) == 2  # every variant trained on the same two splits
 
 
 def test_best_json_is_the_argmax_from_mlflow_and_registered(project):
@@ -104,6 +109,11 @@ def test_evaluate_accuracy_matches_confusion_csv_and_mlflow(project):
     assert run.data.tags["mlflow.parentRunId"] == best["run_id"]
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"classification_report.json", "confusion_matrix"}
+    (test_input,) = run.inputs.dataset_inputs  # the test split, as an MLflow dataset
+    assert [(t.key, t.value) for t in test_input.tags] == [("mlflow.data.context", "test")]
+    assert test_input.dataset.name == "synthetic-test"
+    assert json.loads(test_input.dataset.source) == {"uri": str(root / "data" / "synthetic")}
+    assert json.loads(test_input.dataset.profile)["num_rows"] == metrics["n_test"]
 
 
 def test_exp_show_has_params_and_metrics(project):

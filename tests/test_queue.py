@@ -86,6 +86,7 @@ def test_queued_experiments_land_in_a_tracking_server(tmp_path):
 
 def test_unreachable_server_fails_before_any_work(tmp_path):
     root = new_project(tmp_path / "project", CONFIG)
+    sh([sys.executable, "-m", "pipeline.synthetic"], root)
     sh([sys.executable, "-m", "pipeline.split"], root)
     uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()

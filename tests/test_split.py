@@ -5,6 +5,7 @@ import pytest
 from pipeline.config import PipelineError
 from pipeline.data import read_split
 from pipeline.split import split, stratified_split
+from pipeline.synthetic import generate_from_params
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -40,12 +41,13 @@ def test_too_few_of_a_class():
 
 def test_split_stage_on_the_generated_default(make_params):
     params = make_params({"data.synthetic.images": 200})
+    generated = generate_from_params(params)
     summary = split(params)
     out = params.path("split.dir")
-    assert sorted(p.name for p in out.iterdir()) == ["split.json", "synthetic", "test.csv", "train.csv", "val.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["split.json", "test.csv", "train.csv", "val.csv"]
     train = pd.read_csv(out / "train.csv")
     assert list(train.columns) == ["image_id", "label"] and len(train) == 160
-    assert summary["train"]["male"] + summary["val"]["male"] + summary["test"]["male"] == summary["synthetic"]["images"] - (
+    assert summary["train"]["male"] + summary["val"]["male"] + summary["test"]["male"] == generated["images"] - (
         summary["train"]["female"] + summary["val"]["female"] + summary["test"]["female"])
     first = (out / "test.csv").read_text()
     split(params)  # a rerun reproduces the same files
@@ -124,11 +126,12 @@ def test_identity_split_on_the_real_sample(seed):
 
 def test_split_stage_by_identity_records_people(make_params):
     params = make_params({"data.synthetic.images": 300, "split.group_by": "identity"})
+    generated = generate_from_params(params)
     summary = split(params)
     recorded = json.loads((params.path("split.dir") / "split.json").read_text())
     assert recorded == summary and summary["group_by"] == "identity"
     assert summary["identity_overlap"] == 0
-    assert sum(summary[s]["identities"] for s in SPLITS) == summary["identities"] == summary["synthetic"]["identities"]
+    assert sum(summary[s]["identities"] for s in SPLITS) == summary["identities"] == generated["identities"]
     assert sum(summary[s]["images"] for s in SPLITS) == 300
     root = params.dataset_root()
     who = identities_of(root, read_attributes(root)["image_id"])
@@ -138,9 +141,10 @@ def test_split_stage_by_identity_records_people(make_params):
 
 def test_split_by_identity_without_identities(make_params):
     params = make_params({"data.synthetic.images": 60, "split.group_by": "identity"})
-    split(params)
+    generate_from_params(params)
     root = params.dataset_root()
-    params = make_params({"data.source": "celeba", "data.root": str(root), "split.group_by": "identity"})
+    params = make_params({"data.source": "celeba", "data.root": str(root), "split.group_by": "identity",
+                          "data.synthetic.dir": "data/unused"})  # the generated set, read as CelebA
     (root / "identity_CelebA.txt").write_text("000001.jpg 1\n")
     with pytest.raises(PipelineError, match=r"identity_CelebA.txt: no identity for 000002.jpg, listed in "
                                             r"list_attr_celeba.txt \(and 58 more\)$"):
@@ -152,7 +156,9 @@ def test_split_by_identity_without_identities(make_params):
 
 def test_default_split_records_group_by_none_and_reports_the_identity_overlap(make_params):
     """The plain split ignores people; with identity_CelebA.txt at hand it says how many straddle splits."""
-    summary = split(make_params({"data.synthetic.images": 60}))
+    params = make_params({"data.synthetic.images": 60})
+    generate_from_params(params)
+    summary = split(params)
     assert summary["group_by"] == "none" and "limit" not in summary
     people = {}
     for name in ("train", "val", "test"):
@@ -182,6 +188,7 @@ def test_limit_subset_count_stratified_seeded():
 
 def test_split_stage_with_a_limit(make_params):
     params = make_params({"data.synthetic.images": 200, "data.limit": 100})
+    generate_from_params(params)
     summary = split(params)
     assert summary["limit"] == {"images": 100, "of": 200}
     assert sum(summary[s]["images"] for s in SPLITS) == 100

@@ -8,12 +8,14 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 from pipeline.split import split
+from pipeline.synthetic import generate_from_params
 from pipeline.train import train
 
 
 @pytest.fixture
 def tiny(make_params):
     params = make_params({"train.epochs": 2})
+    generate_from_params(params)
     split(params)
     return params
 
@@ -66,3 +68,32 @@ def test_two_runs_give_identical_metrics(tiny):
     assert hist_a == hist_b
     assert {k: v for k, v in a.items() if k not in ("run_id", "timing")} == \
         {k: v for k, v in b.items() if k not in ("run_id", "timing")}
+
+
+def dataset_inputs(client: MlflowClient, run_id: str) -> dict:
+    """context -> (name, digest, source) of a run's MLflow dataset inputs."""
+    out = {}
+    for di in client.get_run(run_id).inputs.dataset_inputs:
+        (context,) = [t.value for t in di.tags if t.key == "mlflow.data.context"]
+        out[context] = (di.dataset.name, di.dataset.digest, json.loads(di.dataset.source))
+    return out
+
+
+def test_train_logs_its_splits_as_mlflow_datasets_whose_digest_follows_the_split(tiny):
+    variant = "head_only-lr1e-3"
+    client = MlflowClient(tracking.tracking_uri(tiny))
+    first = dataset_inputs(client, train(tiny, variant)["run_id"])
+    assert set(first) == {"training", "validation"}
+    assert first["training"][0] == "synthetic-train" and first["validation"][0] == "synthetic-val"
+    assert first["training"][2] == {"uri": str(tiny.path("data.root"))}  # the source names the data
+    assert first["training"][1] != first["validation"][1]
+
+    # the same images, one label flipped in the training split: a new digest for it, the same for val
+    path = tiny.path("split.dir") / "train.csv"
+    rows = path.read_text().splitlines()
+    image, label = rows[1].split(",")
+    rows[1] = f"{image},{1 - int(label)}"
+    path.write_text("\n".join(rows) + "\n")
+    second = dataset_inputs(client, train(tiny, variant)["run_id"])
+    assert second["training"][1] != first["training"][1]
+    assert second["validation"] == first["validation"]
