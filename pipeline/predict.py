@@ -19,7 +19,9 @@ decimals. ``--json`` prints JSON Lines instead: one object per image and line,
 ``{"path": ..., "label": ..., "probability": P(label), "p_male": P(male)}``, full precision.
 
 Model: by default ``models:/<base.mlflow.registered_model>@<select.alias>`` from the MLflow
-store of ``--params`` (``base.mlflow.tracking_uri``; ``MLFLOW_TRACKING_URI`` overrides it).
+store of ``--params`` (``base.mlflow.tracking_uri``; ``MLFLOW_TRACKING_URI`` overrides it; a
+server's login comes from ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``). That
+champion is self-contained: no ``model.weights`` file or torch cache is needed.
 ``--model`` takes instead an MLflow model folder (the one that holds ``MLmodel``), a
 trainable-only checkpoint of this pipeline (``models/<variant>/best.pt``; read with
 ``torch.load(weights_only=True)``) or a ``models:/`` / ``runs:/`` URI of that store.
@@ -114,10 +116,12 @@ def registry_classifier(params_path: str, uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     from pipeline import tracking
+    from pipeline.store import check_reachable
     from pipeline.tracking import tracking_uri
 
     params = load_params(params_path)
     store = tracking_uri(params)
+    check_reachable(store)  # a dead server or a refused login (MLFLOW_TRACKING_USERNAME/PASSWORD): one line
     name, alias = params.get("base.mlflow.registered_model"), params.get("select.alias")
     hint = "(run `dvc repro` to train, select and register one)"
     if _store_missing(store):
