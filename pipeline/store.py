@@ -41,7 +41,7 @@ def _auth_header() -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def check_reachable(uri: str, timeout: float = 2.0) -> None:
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
     """A tracking server must answer now, not after an hour of training: ``/health``, then an API
     call with the login of MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, which a server
     with ``--app-name basic-auth`` refuses (401) for a wrong or missing one. The message names
