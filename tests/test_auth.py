@@ -65,7 +65,7 @@ def test_login_required_user_lands_wrong_password_stops_at_once(tmp_path):
         assert WRONG not in bad.stdout + bad.stderr
         errors = [line for line in (bad.stdout + bad.stderr).splitlines() if line.startswith("error: MLflow")]
         assert errors == [f"error: MLflow tracking server {uri} refused the login of user '{USER}' (HTTP 401): "
-                          "check MLFLOW_TRACKING_PASSWORD"], bad.stdout + bad.stderr
+                          "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"], bad.stdout + bad.stderr
         assert "Traceback" not in bad.stdout + bad.stderr
         assert stages_run(bad.stdout) == ["split", f"train@{VARIANT}"]
         assert not (root / "models" / VARIANT / "run.json").exists()
