@@ -55,9 +55,11 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
                 user = os.environ.get(CREDENTIALS[0])
-                why = (f"refused the login of user '{user}' (HTTP 401): check MLFLOW_TRACKING_USERNAME and "
-                       "MLFLOW_TRACKING_PASSWORD" if user else "wants a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
-                                    "MLFLOW_TRACKING_PASSWORD")
+                if user:
+                    why = (f"refused the login of user '{user}' (HTTP 401): check MLFLOW_TRACKING_USERNAME "
+                           "and MLFLOW_TRACKING_PASSWORD")
+                else:
+                    why = "wants a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
                 raise PipelineError(f"MLflow tracking server {uri} {why}") from None
             # any other answer (403, 404 behind a proxy ...): it is there; MLflow reports the rest
         except (urllib.error.URLError, OSError) as exc:
