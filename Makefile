@@ -7,6 +7,7 @@
 # make mlflow-ui - browse runs of the local SQLite store at http://127.0.0.1:5000
 # make mlflow-server - a tracking server on 127.0.0.1:5000 over the same store, for parallel runs:
 #                 export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (HOST=0.0.0.0 to serve a team)
+#                 AUTH=1: logins required (MLflow's basic-auth app, mlflow-auth.ini; README "Logins")
 # make celeba-sample - the whole pipeline on ../shared/celeba-sample (real CelebA) as DVC experiment
 #                  `celeba-sample`, in a temporary copy: params.yaml, dvc.lock, workspace untouched
 # make push    - dvc push to the default DVC remote, after dvc repro + git commit (one-line errors)
@@ -48,8 +49,10 @@ mlflow-ui: setup
 
 HOST ?= 127.0.0.1
 PORT ?= 5000
+AUTH ?=
 mlflow-server: setup
-	mlflow server --backend-store-uri "$$(python -m pipeline.tracking --what store)" \
+	$(if $(AUTH),MLFLOW_AUTH_CONFIG_PATH="$(CURDIR)/mlflow-auth.ini") \
+	mlflow server $(if $(AUTH),--app-name basic-auth) --backend-store-uri "$$(python -m pipeline.tracking --what store)" \
 		--artifacts-destination "$$(python -m pipeline.tracking --what artifacts)" --host $(HOST) --port $(PORT)
 
 # The real-data check. `dvc exp run --temp` runs the pipeline of this working tree (uncommitted

@@ -20,6 +20,7 @@ import yaml
 STRATEGIES = ("head_only", "last_block")
 AMP_MODES = ("none", "bf16")
 GROUP_BY = ("none", "identity")  # split.group_by
+CHAMPION_DTYPES = ("float16", "float32", "bfloat16")  # select.champion_dtype (pipeline/serving.py DTYPES)
 LIMIT_MIN = 20  # data.limit: the fewest images a stratified 80/10/10 split can take
 VARIANT_KEYS = ("strategy", "lr")  # what a train.variants entry may hold
 DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -174,6 +175,9 @@ def validate(p: Params) -> None:
         check(isinstance(p.get(key), bool), f"{key} must be true or false, got {_got(p.get(key))}")
     amp = p.get("train.amp")
     check(amp in AMP_MODES, f"train.amp must be one of {', '.join(AMP_MODES)}, got {_got(amp)}")
+    dtype = p.get("select.champion_dtype")
+    check(dtype in CHAMPION_DTYPES,
+          f"select.champion_dtype must be one of {', '.join(CHAMPION_DTYPES)}, got {_got(dtype)}")
     for key in ("split.dir", "train.feature_cache", "train.models_dir", "train.metrics_dir", "train.history_dir", "select.output", "select.curves",
                 "evaluate.metrics", "evaluate.confusion_csv", "evaluate.confusion_png"):
         check_str(key)

@@ -5,7 +5,9 @@ Usage::
     python -m pipeline.evaluate [--params params.yaml]
 
 Loads the model version that ``select`` registered (``models:/<name>/<version>`` from
-``select.output``), predicts the test split, and writes ``evaluate.metrics`` (accuracy;
+``select.output``: the self-contained champion the registry serves) and predicts the test split
+through its pyfunc interface, as ``mlflow models serve`` does: the image files' bytes in, the
+preprocessing inside the model. Writes ``evaluate.metrics`` (accuracy;
 precision, recall, F1 per class and macro, from scikit-learn), ``evaluate.confusion_csv``
 (``actual,predicted`` per test image, for DVC's confusion template) and
 ``evaluate.confusion_png``. Logs all of it to an MLflow run named ``evaluate``, a child of
@@ -26,12 +28,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
-from pipeline import tracking
+from pipeline import serving, tracking
 from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
-from pipeline.data import CLASS_NAMES, FaceDataset, make_loader, read_split
+from pipeline.data import CLASS_NAMES, FaceDataset, read_split
 from pipeline.engine import resolve_device
 
 
@@ -69,12 +70,14 @@ def evaluate(params: Params) -> dict:
     root = params.dataset_root()
     tracking.setup(params)
     uri = f"models:/{best['registered_model']}/{best['version']}"
-    classifier = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    classifier.net.to(resolve_device(str(params.get("train.device"))))
-    test_ds = FaceDataset(root, test_frame, classifier.image_size)
-    loader = make_loader(test_ds, int(params.get("train.batch_size")), int(params.get("train.num_workers")),
-                         shuffle=False)
-    probs = torch.cat([classifier.predict_proba(x) for x, _ in loader]).numpy()
+    model = mlflow.pyfunc.load_model(uri)
+    model.unwrap_python_model().net.to(resolve_device(str(params.get("train.device"))))
+    test_ds = FaceDataset(root, test_frame, model.unwrap_python_model().image_size)  # checks the files
+    paths = [test_ds.folder / image_id for image_id in test_ds.ids]
+    batch = int(params.get("train.batch_size"))
+    probs = np.concatenate([
+        model.predict(pd.DataFrame({serving.INPUT_COLUMN: [p.read_bytes() for p in paths[i:i + batch]]}))
+        for i in range(0, len(paths), batch)])
     labels = test_ds.labels.numpy().astype(int)
     preds = (probs > 0.5).astype(int)
     metrics = report(labels, preds)

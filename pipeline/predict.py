@@ -19,17 +19,20 @@ decimals. ``--json`` prints JSON Lines instead: one object per image and line,
 ``{"path": ..., "label": ..., "probability": P(label), "p_male": P(male)}``, full precision.
 
 Model: by default ``models:/<base.mlflow.registered_model>@<select.alias>`` from the MLflow
-store of ``--params`` (``base.mlflow.tracking_uri``; ``MLFLOW_TRACKING_URI`` overrides it).
+store of ``--params`` (``base.mlflow.tracking_uri``; ``MLFLOW_TRACKING_URI`` overrides it; a
+server's login comes from ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``). That
+champion is self-contained: no ``model.weights`` file or torch cache is needed.
 ``--model`` takes instead an MLflow model folder (the one that holds ``MLmodel``), a
 trainable-only checkpoint of this pipeline (``models/<variant>/best.pt``; read with
 ``torch.load(weights_only=True)``) or a ``models:/`` / ``runs:/`` URI of that store.
 
 Inputs: image files (any format Pillow reads) and folders, which stand for the ``.jpg``,
-``.jpeg`` and ``.png`` files directly in them (any case; subfolders are not searched). Each
-image goes through the evaluation transforms (:class:`pipeline.data.Preset` at the model's
-image size: resize, ImageNet normalisation, no flip). An input that is missing or not a
-readable image gets one line ``error: <path>: <reason>`` on stderr; the other images are still
-predicted, and the exit status is then 1 (0 when every image was predicted).
+``.jpeg`` and ``.png`` files directly in them (any case; subfolders are not searched). The
+model takes each file's bytes and preprocesses them itself (:mod:`pipeline.serving`: the
+evaluation transforms at the model's image size, as ``mlflow models serve`` does). An input
+that is missing or not a readable image gets one line ``error: <path>: <reason>`` on stderr; the
+other images are still predicted, and the exit status is then 1 (0 when every image was
+predicted).
 
 The model runs on the CPU unless ``--device`` says otherwise (``cuda``, ``cuda:N``, ``auto``).
 """
@@ -39,7 +42,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 from pipeline.config import DEVICES, PipelineError, load_params, one_line, run_main
@@ -73,22 +75,17 @@ def expand(inputs: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def load_image(path: str | Path, preset):
-    """The preprocessed tensor ``(3, S, S)`` of one image; :class:`PipelineError` with the reason."""
-    from PIL import Image
-
+def read_image(path: str | Path) -> bytes:
+    """The bytes of one image file; :class:`PipelineError` with the reason it is not usable."""
     from pipeline.data import image_problem
 
     problem = image_problem(Path(path))  # missing, empty, not an image, cut short ...
     if problem is not None:
         raise PipelineError(problem)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. a corrupt EXIF block: harmless here
-            with Image.open(path) as img:
-                return preset(img)
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on a damaged file
-        raise PipelineError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise PipelineError(f"cannot read ({exc.strerror})") from None
 
 
 # --- the model ---------------------------------------------------------------------------
@@ -108,14 +105,8 @@ def _unwrap(uri: str, what: str):
         classifier = pyfunc.unwrap_python_model()
     except mlflow.exceptions.MlflowException as exc:
         raise PipelineError(f"{what}: cannot load the model ({one_line(exc.message)})") from None
-    if not callable(getattr(classifier, "predict_proba", None)) or not hasattr(classifier, "net"):
+    if not callable(getattr(classifier, "preprocess", None)) or not hasattr(classifier, "net"):
         raise PipelineError(f"{what}: not a model of this pipeline ({type(classifier).__name__})")
-    if not hasattr(classifier, "image_size"):  # fall back to the signature: (-1, 3, S, S)
-        spec = pyfunc.metadata.get_input_schema()
-        shape = spec.inputs[0].shape if spec is not None and spec.is_tensor_spec() else None
-        if not shape or len(shape) != 4:
-            raise PipelineError(f"{what}: the model states no image size")
-        classifier.image_size = int(shape[-1])
     return classifier
 
 
@@ -125,10 +116,12 @@ def registry_classifier(params_path: str, uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     from pipeline import tracking
+    from pipeline.store import check_reachable
     from pipeline.tracking import tracking_uri
 
     params = load_params(params_path)
     store = tracking_uri(params)
+    check_reachable(store)  # a dead server or a refused login (MLFLOW_TRACKING_USERNAME/PASSWORD): one line
     name, alias = params.get("base.mlflow.registered_model"), params.get("select.alias")
     hint = "(run `dvc repro` to train, select and register one)"
     if _store_missing(store):
@@ -177,12 +170,10 @@ def load_classifier(model: str | None, params_path: str = "params.yaml"):
 
 def predict_batches(classifier, items, batch_size: int, on_error):
     """Yield ``(path, P(male))`` for every usable image of ``items`` (``(path, problem)`` pairs,
-    see :func:`expand`), ``batch_size`` images at a time; ``on_error(path, reason)`` for the rest."""
+    see :func:`expand`), ``batch_size`` images at a time; ``on_error(path, reason)`` for the rest.
+    The model decodes and preprocesses each file's bytes (:meth:`GenderClassifier.preprocess`)."""
     import torch
 
-    from pipeline.data import Preset
-
-    preset = Preset(int(classifier.image_size))
     paths, tensors = [], []
 
     def flush():
@@ -195,9 +186,9 @@ def predict_batches(classifier, items, batch_size: int, on_error):
     for path, problem in items:
         if problem is None:
             try:
-                tensors.append(load_image(path, preset))
+                tensors.append(classifier.preprocess(read_image(path)))
                 paths.append(path)
-            except PipelineError as exc:
+            except (PipelineError, ValueError) as exc:
                 problem = str(exc)
         if problem is not None:
             on_error(path, problem)

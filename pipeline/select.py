@@ -7,9 +7,12 @@ Usage::
 Reads the run id each ``train@<variant>`` stage wrote (``<train.models_dir>/<variant>/run.json``),
 asks MLflow (not the local JSON) for each run's ``best_val_acc`` and ``best_val_loss``, and
 picks the highest ``best_val_acc``; ties go to the lower validation loss at the best epoch,
-then to the variant name. Registers that run's model under ``base.mlflow.registered_model``,
-points alias ``select.alias`` (``champion``) at the new version, writes ``select.output`` and
-``select.curves`` (every variant's per-epoch metrics from MLflow, for ``dvc plots``).
+then to the variant name. Loads that run's (trainable-only) model, logs the whole network to the
+same run as the model ``champion`` (:func:`pipeline.serving.save_network`, in
+``select.champion_dtype``: self-contained, it takes raw images), registers it under
+``base.mlflow.registered_model``, points alias ``select.alias`` (``champion``) at the new version,
+writes ``select.output`` and ``select.curves`` (every variant's per-epoch metrics from MLflow, for
+``dvc plots``).
 """
 from __future__ import annotations
 
@@ -20,13 +23,15 @@ if __name__ == "__main__":  # before the heavy imports below: a bad params.yaml 
 
 import argparse
 import json
+import tempfile
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
+from pipeline.config import Params, PipelineError, atomic_write, load_params, one_line, run_main, write_json
 
 
 def choose(candidates: list[dict]) -> dict:
@@ -83,6 +88,29 @@ def learning_curves(client: MlflowClient, run_ids: dict[str, str]) -> pd.DataFra
                         columns=["variant", "epoch", *CURVE_METRICS])
 
 
+def log_champion(params: Params, best: dict) -> str:
+    """Log the whole network of ``best``'s model to its run as ``champion``; return its URI."""
+    from pipeline import serving
+    from pipeline.train import model_requirements
+
+    try:
+        classifier = mlflow.pyfunc.load_model(best["model_uri"]).unwrap_python_model()
+    except mlflow.exceptions.MlflowException as exc:
+        raise PipelineError(f"select: cannot load the model {best['model_uri']} of variant "
+                            f"'{best['variant']}' ({one_line(exc.message)})") from None
+    here = Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=best["run_id"]):
+        network = Path(tmp) / "network.pt"
+        serving.save_network(network, classifier.net, classifier.image_size,
+                             str(params.get("select.champion_dtype")))
+        info = mlflow.pyfunc.log_model(
+            name="champion", python_model=str(here / "mlflow_model.py"), artifacts={"network": str(network)},
+            code_paths=[str(here)], signature=serving.signature(),
+            input_example=serving.example_input(classifier.image_size),
+            pip_requirements=model_requirements(params.root))
+    return info.model_uri
+
+
 def select(params: Params) -> dict:
     tracking.setup(params)
     client = MlflowClient()
@@ -92,10 +120,11 @@ def select(params: Params) -> dict:
     best = choose(candidates)
     name = params.get("base.mlflow.registered_model")
     alias = params.get("select.alias")
-    version = mlflow.register_model(best["model_uri"], name,
+    champion_uri = log_champion(params, best)
+    version = mlflow.register_model(champion_uri, name,
                                     tags={"variant": best["variant"], "run_id": best["run_id"]}).version
     client.set_registered_model_alias(name, alias, version)
-    result = {**best, "registered_model": name, "version": int(version), "alias": alias,
+    result = {**best, "champion_uri": champion_uri, "registered_model": name, "version": int(version), "alias": alias,
               "candidates": sorted(candidates, key=lambda c: c["variant"])}
     atomic_write(params.path("select.curves"),
                  lambda t: curves.to_csv(t, index=False, float_format="%.6f"))

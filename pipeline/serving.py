@@ -1,24 +1,122 @@
 """The MLflow pyfunc model that the registry holds and serves.
 
-Its artifact is a trainable-only checkpoint (kilobytes for ``head_only``); ``load_context``
-rebuilds VGG-16 from the checkpoint's ``model.weights`` (seeded init for ``none``, the torch
-cache for ``imagenet``, a local state dict for a path) and applies it. Input: a float32
-tensor of preprocessed images ``(N, 3, S, S)`` (resize + ImageNet normalisation, as
-:class:`pipeline.data.Preset`); output: ``P(male)`` per image.
+One class, two kinds of artifact:
+
+* ``checkpoint`` -- what each training run logs: a trainable-only checkpoint (kilobytes for
+  ``head_only``); ``load_context`` rebuilds VGG-16 from the checkpoint's ``model.weights`` (seeded
+  init for ``none``, the torch cache for ``imagenet``, a local state dict for a path) and applies it.
+* ``network`` -- what ``select`` registers as the champion: the whole fine-tuned network, frozen
+  base included (:func:`save_network`), so loading it needs neither ``model.weights`` nor a torch
+  cache. Stored in ``select.champion_dtype`` (float16 halves the size; it runs in float32).
+  Below 224x224 VGG's ``AdaptiveAvgPool2d((7, 7))`` is folded into fc6 (exact algebra, see
+  :class:`pipeline.frozen.FoldedFC6`): 25,088 -> 512*(S/32)^2 inputs, 12x fewer at 64x64.
+
+Input (signature: one binary column ``image``): per row an encoded image (JPEG, PNG or any
+format Pillow reads; base64 in JSON through ``mlflow models serve``), a ``uint8`` ``H x W x 3``
+array, or an already preprocessed float ``3 x S x S`` tensor. Raw images go through the
+evaluation transforms inside the model (:class:`pipeline.data.Preset`: resize to the training
+size, ImageNet mean/std). Called directly (``unwrap_python_model().predict``), it also takes a
+``uint8 (N, H, W, 3)`` or float ``(N, 3, S, S)`` array. Output: ``P(male)`` per image.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import re
+import warnings
+
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 
+from pipeline.config import CHAMPION_DTYPES
 
 CHECKPOINT_KEYS = ("trainable", "image_size", "weights", "seed")  # what a pipeline checkpoint holds
+INPUT_COLUMN = "image"
+BASE64 = re.compile(rb"[A-Za-z0-9+/=\r\n]+")
+NETWORK_FORMAT = 1
+NETWORK_KEYS = ("format", "image_size", "folded", "state")  # what a saved whole network holds
+DTYPES = {name: getattr(torch, name) for name in CHAMPION_DTYPES}  # select.champion_dtype
 
+
+def signature():
+    """Input: a binary column ``image``; output: P(male) per row."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
+
+
+def example_input(image_size: int):
+    """A one-row input example: a plain grey PNG of the training size (no data set image)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (image_size, image_size), (128, 128, 128)).save(buf, format="PNG")
+    return pd.DataFrame({INPUT_COLUMN: [buf.getvalue()]})
+
+
+# --- the whole network, self-contained ------------------------------------------------
+
+def save_network(path, net: torch.nn.Module, image_size: int, dtype: str = "float16") -> None:
+    """Write the whole network (eval mode) as a state dict that :func:`load_network` rebuilds
+    without ``model.weights``; the adaptive avgpool is folded into fc6 below 224x224."""
+    from pipeline.frozen import FoldedFC6
+
+    s = image_size // 32
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    folded = s < 7
+    if folded:
+        fold = FoldedFC6(net.avgpool, net.classifier[0], s)
+        state["classifier.0.weight"], state["classifier.0.bias"] = fold.weight.cpu(), fold.bias.cpu()
+    state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save({"format": NETWORK_FORMAT, "image_size": int(image_size), "folded": folded, "dtype": dtype,
+                "state": state}, path)
+
+
+def load_network(path) -> tuple[torch.nn.Module, int]:
+    """``(network in float32 and eval mode, image size)`` of a :func:`save_network` file; it
+    builds VGG-16's skeleton on the meta device, so nothing is initialised or downloaded."""
+    from torch import nn
+    from torchvision.models import vgg16
+
+    from pipeline.config import PipelineError
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise PipelineError(f"{path}: cannot read the network ({type(exc).__name__})") from None
+    missing = [k for k in NETWORK_KEYS if not isinstance(payload, dict) or k not in payload]
+    if missing or payload["format"] != NETWORK_FORMAT:
+        raise PipelineError(f"{path}: not a network saved by this pipeline "
+                            f"({'no ' + repr(missing[0]) if missing else 'format ' + str(payload['format'])})")
+    size = int(payload["image_size"])
+    with torch.device("meta"):
+        net = vgg16(weights=None)
+        net.classifier[6] = nn.Linear(4096, 1)
+        if payload["folded"]:
+            s = size // 32
+            net.avgpool = nn.Identity()
+            net.classifier[0] = nn.Linear(512 * s * s, 4096)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state"].items()}
+    try:
+        net.load_state_dict(state, assign=True)
+    except RuntimeError as exc:
+        raise PipelineError(f"{path}: the network does not fit VGG-16 at {size}x{size} ({exc})") from None
+    return net.eval(), size
+
+
+# --- the pyfunc model ---------------------------------------------------------------
 
 class GenderClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        self.load_checkpoint(context.artifacts["checkpoint"])
+        if "network" in context.artifacts:
+            self.net, self.image_size = load_network(context.artifacts["network"])
+        else:
+            self.load_checkpoint(context.artifacts["checkpoint"])
 
     def load_checkpoint(self, path) -> "GenderClassifier":
         """Rebuild the network from a trainable-only checkpoint (``models/<variant>/best.pt``,
@@ -40,12 +138,69 @@ class GenderClassifier(mlflow.pyfunc.PythonModel):
         """The classifier of a checkpoint file, without MLflow (what ``load_context`` builds)."""
         return cls().load_checkpoint(path)
 
+    def preprocess(self, value) -> torch.Tensor:
+        """One input as the network's ``(3, S, S)`` float tensor; :class:`ValueError` saying why not."""
+        from PIL import Image, UnidentifiedImageError
+
+        from pipeline.data import Preset, _decode_problem
+
+        preset = Preset(int(self.image_size))
+        if isinstance(value, str):
+            value = value.encode("ascii", errors="replace")
+        if isinstance(value, (bytes, bytearray, memoryview)) and BASE64.fullmatch(bytes(value[:64])):
+            # base64 text that nothing decoded: MLflow 3.17's server decodes the binary column of
+            # {"dataframe_split": ...} but passes {"inputs": {"image": [...]}} on as text. No
+            # image format starts with 64 base64 characters (JPEG: FF D8, PNG: 89 'PNG').
+            try:
+                value = base64.b64decode(bytes(value), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("a text value is not base64 of an image") from None
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # e.g. a corrupt EXIF block: harmless here
+                    with Image.open(io.BytesIO(bytes(value))) as img:
+                        return preset(img)
+            except UnidentifiedImageError:
+                raise ValueError("not an image file Pillow can read") from None
+            except Exception as exc:  # noqa: BLE001 - Pillow raises many types on damaged data
+                raise ValueError(_decode_problem(exc)) from None
+        if isinstance(value, Image.Image):
+            return preset(value)
+        array = value.numpy() if isinstance(value, torch.Tensor) else value
+        if isinstance(array, np.ndarray):
+            if array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
+                return preset(Image.fromarray(array))  # raw pixels, H x W (x 3)
+            size = int(self.image_size)
+            if array.dtype.kind == "f" and array.shape == (3, size, size):
+                return torch.as_tensor(np.asarray(array, dtype=np.float32))  # already preprocessed
+            raise ValueError(f"an array of dtype {array.dtype} and shape {array.shape} is neither a uint8 "
+                             f"H x W x 3 image nor a preprocessed float 3 x {size} x {size} tensor")
+        raise ValueError(f"a {type(value).__name__} is not an image (expected encoded image bytes, "
+                         "a uint8 H x W x 3 array or a float 3 x S x S tensor)")
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """P(male) per image, on the CPU; ``self.net.to(device)`` moves the work."""
+        """P(male) per preprocessed image, on the CPU; ``self.net.to(device)`` moves the work."""
         device = next(self.net.parameters()).device
         return torch.sigmoid(self.net(x.to(device, non_blocking=True)).squeeze(1)).cpu()
 
-    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        return self.predict_proba(x).numpy()
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        if isinstance(model_input, pd.DataFrame):
+            column = INPUT_COLUMN if INPUT_COLUMN in model_input.columns else model_input.columns[0]
+            values = list(model_input[column])
+        elif isinstance(model_input, np.ndarray) and model_input.ndim == 4:
+            values = list(model_input)  # (N, H, W, 3) uint8 or (N, 3, S, S) float
+        elif isinstance(model_input, np.ndarray) and model_input.ndim == 3 and model_input.dtype == np.uint8:
+            values = [model_input]  # one H x W x 3 image
+        else:
+            values = list(model_input)
+        if not values:
+            return np.zeros(0, dtype=np.float32)
+        tensors = []
+        for i, value in enumerate(values):
+            try:
+                tensors.append(self.preprocess(value))
+            except ValueError as exc:
+                raise ValueError(f"input {i}: {exc}") from None
+        return self.predict_proba(torch.stack(tensors)).numpy()

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix
@@ -176,7 +175,7 @@ def train(params: Params, variant: str) -> dict:
         cm = confusion_matrix(best["labels"], best["preds"], labels=[0, 1])
         tracking.log_confusion(cm, CLASS_NAMES, "confusion_matrix/val",
                                f"{variant}: validation, epoch {best['epoch']}")
-        model_uri = log_pyfunc(params, best["ckpt"], val_ds)
+        model_uri = log_pyfunc(params, best["ckpt"])
         mlflow.set_tag(tracking.TAG_MODEL_URI, model_uri)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / "best.pt", lambda t: t.write_bytes(best["ckpt"].read_bytes()))
@@ -284,16 +283,17 @@ def log_missing_epochs(run_id: str, history: list[dict], epoch_seconds: list[flo
             mlflow.log_artifact(str(ckpt), "checkpoints")
 
 
-def log_pyfunc(params: Params, checkpoint: Path, example_ds: FaceDataset) -> str:
-    """Log the registry's model (:mod:`pipeline.mlflow_model`, defined from code) with the checkpoint."""
-    from mlflow.models import infer_signature
+def log_pyfunc(params: Params, checkpoint: Path) -> str:
+    """Log this run's model (:mod:`pipeline.mlflow_model`, defined from code) with the trainable-only
+    checkpoint; it takes raw images (:mod:`pipeline.serving`). The registry's champion, with the
+    whole network, is logged by ``select``."""
+    from pipeline import serving
 
-    example = example_ds[0][0].unsqueeze(0).numpy()
-    signature = infer_signature(example, np.zeros(1, dtype=np.float32))
     here = Path(__file__).resolve().parent
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(here / "mlflow_model.py"), artifacts={"checkpoint": str(checkpoint)},
-        code_paths=[str(here)], signature=signature, input_example=example,
+        code_paths=[str(here)], signature=serving.signature(),
+        input_example=serving.example_input(int(params.get("data.image_size"))),
         pip_requirements=model_requirements(params.root),
     )
     return info.model_uri

@@ -2,6 +2,8 @@
 
 split -> train (one ``head_only`` variant, 32x32, 60 synthetic images, 1 epoch) -> select, in a
 temporary folder with its own SQLite store; built once per test session (both test modules share it).
+The frozen base comes from a weights *file* (``model.weights: <root>/vgg16-weights.pt``, a VGG-16
+state dict of its own seed, not the pipeline's seeded init), as ImageNet weights would.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from conftest import REPO, write_params
 from pipeline.config import Params, load_params
 
 VARIANT = "head_only-lr1e-3"
+WEIGHTS_FILE = "vgg16-weights.pt"  # in the project folder
+WEIGHTS_SEED = 1234
 _BUILT: dict[str, Params] = {}
 
 
@@ -36,14 +40,29 @@ def build(tmp_path_factory) -> Params:
             mp.delenv("MLFLOW_TRACKING_URI", raising=False)
             mp.setenv("TQDM_DISABLE", "1")
             mp.setenv("TORCH_HOME", str(root / "torch-home"))
+            save_vgg16_weights(root / WEIGHTS_FILE)
             params = load_params(write_params(root, {"train.variants": {VARIANT: {"strategy": "head_only",
-                                                                                    "lr": 0.001}}}))
+                                                                                    "lr": 0.001}},
+                                                     "model.weights": WEIGHTS_FILE}))
             generate_from_params(params)
             split(params)
             train(params, VARIANT)
             select(params)
         _BUILT["params"] = params
     return _BUILT["params"]
+
+
+def save_vgg16_weights(path: Path) -> None:
+    """A full VGG-16 state dict (1000-class head, as torchvision's files) of its own seed."""
+    import torch
+    from torchvision.models import vgg16
+
+    from pipeline.model import _variance_preserving_init
+
+    torch.manual_seed(WEIGHTS_SEED)
+    net = vgg16(weights=None)
+    _variance_preserving_init(net, WEIGHTS_SEED)  # signal survives the frozen fc6/fc7
+    torch.save(net.state_dict(), path)
 
 
 def split_images(params: Params, n: int) -> list[Path]:

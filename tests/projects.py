@@ -77,3 +77,31 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             continue
         return
+
+
+def start_mlflow_server(backend: str, artifacts: Path, log: Path, *args: str, cwd: Path | None = None,
+                        timeout: float = 180, **extra_env):
+    """``mlflow server`` on a free loopback port, in a session of its own, once ``/health`` answers;
+    returns ``(process, uri)``. ``args``: more options (``--app-name basic-auth``)."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend,
+             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", *args],
+            cwd=cwd, env=env(**extra_env), start_new_session=True, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout  # a first start creates MLflow's tables
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+            return server, uri
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                stop_group(server)
+                raise AssertionError(f"mlflow server did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(1)

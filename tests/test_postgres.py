@@ -6,19 +6,20 @@ PostgreSQL, checkpoints in the artifact folder, nothing in the project's own sto
 Needs a PostgreSQL server: set MLFLOW_TEST_POSTGRES_URI to a URI whose role may create databases
 (CI: ``export MLFLOW_TEST_POSTGRES_URI="$(.ci/postgres.sh)"``). Each run makes a database of its
 own (``mlflow_test_<random>``) and drops it afterwards, so reruns never collide."""
+import json
 import os
 import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from projects import env, free_port, new_project, sh, stop_group
+from projects import env, new_project, sh, start_mlflow_server, stop_group
 
 POSTGRES_URI = os.environ.get("MLFLOW_TEST_POSTGRES_URI", "")
 pytestmark = [
@@ -70,24 +71,7 @@ def postgres_db():
 
 def start_server(backend: str, artifacts: Path, log: Path):
     """``mlflow server`` on a free loopback port, in a session of its own; returns (process, uri)."""
-    port = free_port()
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend,
-             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            env=env(), start_new_session=True, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180  # the first start creates MLflow's tables in PostgreSQL
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-            return server, uri
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                stop_group(server)
-                pytest.fail(f"mlflow server did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(1)
+    return start_mlflow_server(backend, artifacts, log)
 
 
 def test_dvc_repro_against_a_tracking_server_with_a_postgresql_store(tmp_path, postgres_db):
@@ -145,3 +129,75 @@ def test_dvc_repro_against_a_tracking_server_with_a_postgresql_store(tmp_path, p
                     (model_name, alias))
         assert cur.fetchall() == [(train.info.run_id,)]
     conn.close()
+
+
+SHARED_CONFIG = {"train.epochs": 1, "train.variants": {VARIANT: {"strategy": "head_only", "lr": 0.001}}}
+LOAD_CHAMPION = """
+import base64, json, sys
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+image = open(sys.argv[2], "rb").read()
+print(json.dumps([float(p) for p in model.predict(pd.DataFrame({"image": [image]}))]))
+"""
+
+
+def test_two_clones_share_one_server_and_a_third_folder_loads_the_champion(tmp_path, postgres_db):
+    """The README's team set-up: clones in two folders run ``dvc repro`` against one server whose
+    ``--artifacts-destination`` is a third folder; a process in a fourth, empty folder, after both
+    clones are gone, loads ``models:/<name>@champion`` (the second clone's model) and predicts."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import load_params
+    from pipeline.data import detect_layout
+    from pipeline.predict import predict_batches
+    from pipeline.serving import GenderClassifier
+
+    shared = tmp_path / "shared-artifacts"
+    log = tmp_path / "server.log"
+    server, uri = start_server(store_uri(postgres_db), shared, log)
+    clones = {name: new_project(tmp_path / name, {**SHARED_CONFIG, "base.seed": seed})
+              for name, seed in (("alice", 42), ("bob", 7))}
+    try:
+        for root in clones.values():
+            sh(["dvc", "repro"], root, MLFLOW_TRACKING_URI=uri)
+        raw = yaml.safe_load((clones["bob"] / "params.yaml").read_text())
+        name, alias = raw["base"]["mlflow"]["registered_model"], raw["select"]["alias"]
+        client = MlflowClient(uri)
+        versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+        run_ids = {who: json.loads((root / "models" / VARIANT / "run.json").read_text())["run_id"]
+                   for who, root in clones.items()}
+        assert [v.run_id for v in versions] == [run_ids["alice"], run_ids["bob"]]
+        assert client.get_model_version_by_alias(name, alias).version == versions[1].version  # bob's, the latest
+
+        # what bob's own checkpoint (float32, its base rebuilt from model.weights) says of one of his images
+        params = load_params(clones["bob"] / "params.yaml")
+        test_id = pd.read_csv(params.path("split.dir") / "test.csv", dtype={"image_id": str})["image_id"][0]
+        reader = tmp_path / "reader"  # a folder of its own: no params, no code, no store, no torch cache
+        (reader / "torch-home").mkdir(parents=True)
+        image = reader / "face.jpg"
+        shutil.copy(detect_layout(params.dataset_root()).image_dir / test_id, image)
+        ckpt = GenderClassifier.from_checkpoint(params.path("train.models_dir") / VARIANT / "best.pt")
+        ((_, expected),) = predict_batches(ckpt, [(str(image), None)], 1, lambda *a: pytest.fail(str(a)))
+        for root in clones.values():
+            assert not (root / "mlflow.db").exists() and not (root / "mlartifacts").exists()
+            shutil.rmtree(root)  # the reader cannot reach either clone
+
+        proc = subprocess.run([sys.executable, "-c", LOAD_CHAMPION, f"models:/{name}@{alias}", str(image)],
+                              cwd=reader, env=env(MLFLOW_TRACKING_URI=uri, TORCH_HOME=str(reader / "torch-home")),
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (p_male,) = json.loads(proc.stdout.splitlines()[-1])
+        assert p_male == pytest.approx(expected, abs=1e-3)  # the champion is stored in float16
+        assert sorted(p.name for p in (reader / "torch-home").rglob("*")) == []
+    except BaseException:
+        print(f"--- mlflow server log (tail) ---\n{log.read_text(errors='replace')[-3000:]}")
+        raise
+    finally:
+        stop_group(server)
+    # every artifact lives in the shared folder: both runs' checkpoints, the champion's whole network
+    for run_id in run_ids.values():
+        assert [p.name for p in shared.rglob("*.pt") if run_id in p.parts and "checkpoints" in p.parts] == \
+            ["epoch_001.pt"]
+    assert len(list(shared.rglob("network.pt"))) == 2  # one champion per select

@@ -1,11 +1,17 @@
 """``python -m pipeline.predict``: the registry's champion (or a checkpoint) on image files."""
 import json
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
+from mlflow.types import DataType
+from PIL import Image
 
 from champion_project import VARIANT, build, make_faces, preprocess, run_predict
 from pipeline import tracking
@@ -14,6 +20,7 @@ from pipeline.predict import expand, load_classifier
 
 SIZE = 32  # conftest.TINY's data.image_size
 ROUNDING = 5e-5 + 1e-6  # the text output has 4 decimals
+HALF = 1e-3  # the champion's weights are float16 (select.champion_dtype); a checkpoint's are float32
 
 
 @pytest.fixture(scope="module")
@@ -37,28 +44,50 @@ def faces(project, tmp_path_factory):
 
 
 def pyfunc_p_male(champion, images) -> np.ndarray:
-    return np.asarray(champion[1].predict(preprocess(images, SIZE)), dtype=np.float64)
+    """P(male) by the registered pyfunc model, fed the image files' bytes (as a server is)."""
+    frame = pd.DataFrame({"image": [p.read_bytes() for p in images]})
+    return np.asarray(champion[1].predict(frame), dtype=np.float64)
 
 
-def test_registered_model_has_name_signature_and_input_example(project, champion):
+def test_registered_model_is_the_whole_network_and_takes_raw_images(project, champion, faces):
     uri, pyfunc = champion
     info = mlflow.models.get_model_info(uri)
-    assert info.name == "model" and info.model_uri.startswith("models:/m-")  # MLflow 3 log_model(name=...)
-    version = MlflowClient(tracking.tracking_uri(project)).get_model_version_by_alias(
-        project.get("base.mlflow.registered_model"), "champion")
+    assert info.name == "champion" and info.model_uri.startswith("models:/m-")  # logged by select
+    client = MlflowClient(tracking.tracking_uri(project))
+    version = client.get_model_version_by_alias(project.get("base.mlflow.registered_model"), "champion")
     assert version.source == info.model_uri  # the version registered from that logged model
     sig = info.signature
-    assert sig.inputs.is_tensor_spec() and sig.outputs.is_tensor_spec()
-    (spec,) = sig.inputs.inputs
-    assert spec.shape == (-1, 3, SIZE, SIZE) and spec.type == np.dtype("float32")
+    assert not sig.inputs.is_tensor_spec() and sig.outputs.is_tensor_spec()
+    assert [(c.name, c.type) for c in sig.inputs.inputs] == [("image", DataType.binary)]
     assert sig.outputs.inputs[0].shape == (-1,)
-    assert info.saved_input_example_info["type"] == "ndarray"
-    local = mlflow.artifacts.download_artifacts(uri)
+    local = Path(mlflow.artifacts.download_artifacts(uri))
     example = Model.load(local).load_input_example(local)
-    assert example.shape == (1, 3, SIZE, SIZE) and example.dtype == np.float32
+    assert list(example.columns) == ["image"] and isinstance(example["image"][0], bytes)
     p = pyfunc.predict(example)
     assert p.shape == (1,) and 0 < float(p[0]) < 1
     assert pyfunc.unwrap_python_model().image_size == SIZE
+    # the champion carries every layer (avgpool folded into fc6 at 32x32), in float16
+    (network,) = local.rglob("*.pt")
+    assert network.name == "network.pt"
+    state = torch.load(network, weights_only=True)["state"]
+    assert state["features.0.weight"].dtype == torch.float16
+    assert tuple(state["classifier.0.weight"].shape) == (4096, 512 * (SIZE // 32) ** 2)
+    # ...while the training run's own model stays trainable-only (a checkpoint, no network)
+    run_model = Path(mlflow.artifacts.download_artifacts(client.get_run(version.run_id).data.tags["model_uri"]))
+    (ckpt,) = run_model.rglob("*.pt")
+    assert ckpt.stat().st_size < network.stat().st_size / 1000
+    # raw pixels (uint8 H x W x 3) and preprocessed tensors give the same P(male) as the bytes
+    _, images = faces
+    expected = pyfunc_p_male(champion, images)
+    pixels = []
+    for path in images:
+        with Image.open(path) as img:
+            pixels.append(np.asarray(img.convert("RGB")))
+    assert pixels[0].dtype == np.uint8 and pixels[0].shape[2] == 3
+    assert pyfunc.predict(pd.DataFrame({"image": pixels})) == pytest.approx(expected, abs=1e-6)
+    tensors = list(preprocess(images, SIZE))
+    assert pyfunc.predict(pd.DataFrame({"image": tensors})) == pytest.approx(expected, abs=1e-6)
+    assert pyfunc.unwrap_python_model().predict(None, np.stack(pixels)) == pytest.approx(expected, abs=1e-6)
 
 
 def test_predict_prints_each_image_and_one_error_per_bad_input(project, champion, faces, tmp_path):
@@ -96,12 +125,10 @@ def test_json_checkpoint_and_model_folder_agree_with_the_pyfunc_model(project, c
     assert ckpt.returncode == 0 and ckpt.stderr == "", ckpt.stderr
     by_ckpt = [json.loads(line) for line in ckpt.stdout.splitlines()]
     assert [r["path"] for r in by_ckpt] == [str(p) for p in images]
-    assert [r["p_male"] for r in by_ckpt] == pytest.approx([r["p_male"] for r in rows], abs=1e-5)
+    assert [r["p_male"] for r in by_ckpt] == pytest.approx([r["p_male"] for r in rows], abs=HALF)
     # --model with an MLflow model folder (in-process: the same loader the CLI uses)
     local = mlflow.artifacts.download_artifacts(champion[0])
     classifier, _ = load_classifier(local)
-    import torch
-
     probs = classifier.predict_proba(torch.from_numpy(preprocess(images, classifier.image_size))).numpy()
     assert probs == pytest.approx(expected, abs=1e-5)
 
@@ -131,8 +158,6 @@ def test_bad_model_argument_is_a_clear_error(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(PipelineError, match="cannot read checkpoint"):
         load_classifier(str(tmp_path / "junk.pt"))
-    import torch
-
     torch.save({"trainable": {}}, tmp_path / "other.pt")
     with pytest.raises(PipelineError, match="not a checkpoint of this pipeline"):
         load_classifier(str(tmp_path / "other.pt"))

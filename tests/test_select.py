@@ -80,7 +80,9 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
 
     from pipeline import tracking
     from pipeline.config import write_json
+    from pipeline.model import build_model, save_checkpoint
     from pipeline.select import select
+    from pipeline.train import log_pyfunc
 
     variants = {"a": {"strategy": "head_only", "lr": 0.1}, "b": {"strategy": "head_only", "lr": 0.2},
                 "c": {"strategy": "last_block", "lr": 0.3}}
@@ -90,11 +92,14 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     code.write_text(ECHO_MODEL)
     # in MLflow: a and b tie on best_val_acc, b has the lower loss; c is worse
     tracked = {"a": (0.9, 0.30), "b": (0.9, 0.25), "c": (0.7, 0.10)}
+    ckpt = tmp_path / "best.pt"  # the winner's model is a real (trainable-only) one: select loads it
+    save_checkpoint(ckpt, build_model("none", 42), image_size=32, weights="none", seed=42)
     for name, (acc, loss) in tracked.items():
         with mlflow.start_run(run_name=name) as run:
             mlflow.log_metrics({"best_val_acc": acc, "best_val_loss": loss, "best_epoch": 2})
-            info = mlflow.pyfunc.log_model(name="model", python_model=str(code))
-            mlflow.set_tag("model_uri", info.model_uri)
+            model_uri = log_pyfunc(params, ckpt) if name == "b" else \
+                mlflow.pyfunc.log_model(name="model", python_model=str(code)).model_uri
+            mlflow.set_tag("model_uri", model_uri)
         write_json(params.path("train.models_dir") / name / "run.json", {"run_id": run.info.run_id})
         # the local metrics say the opposite: select must not read them
         write_json(params.path("train.metrics_dir") / f"{name}.json", {"best_val_acc": 1 - acc, "best_val_loss": loss})
@@ -106,6 +111,9 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     client = MlflowClient(tracking.tracking_uri(params))
     version = client.get_model_version_by_alias("celeba-gender-vgg16", "champion")
     assert version.run_id == best["run_id"] and int(version.version) == best["version"] == 1
+    # what is registered is the champion select logged to b's run, not b's trainable-only model
+    assert version.source == best["champion_uri"] != best["model_uri"]
+    assert mlflow.models.get_model_info(version.source).name == "champion"
     # a second selection registers a new version and moves the alias
     assert select(params)["version"] == 2
     assert int(client.get_model_version_by_alias("celeba-gender-vgg16", "champion").version) == 2

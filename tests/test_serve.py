@@ -1,4 +1,6 @@
-"""The REAL ``mlflow models serve`` of the registered champion gives pipeline.predict's numbers."""
+"""The REAL ``mlflow models serve`` of the registered champion: self-contained (no base weights file,
+an empty torch cache, an empty working folder), fed JPEG/PNG bytes, answering like pipeline.predict."""
+import base64
 import json
 import subprocess
 import sys
@@ -10,12 +12,14 @@ from pathlib import Path
 import pytest
 
 from projects import free_port, stop_group
-from champion_project import build, cli_env, make_faces, preprocess
+from champion_project import VARIANT, build, cli_env, make_faces
 from pipeline import tracking
 from pipeline.predict import load_classifier, predict_batches
+from pipeline.serving import GenderClassifier
 
 pytestmark = pytest.mark.slow
 PING_TIMEOUT_S = 120
+HALF = 1e-3  # the champion is stored in float16 (select.champion_dtype), the checkpoint's base is float32
 
 
 @pytest.fixture(scope="module")
@@ -39,34 +43,59 @@ def wait_for_ping(proc, url: str, log: Path) -> float:
     pytest.fail(f"no /ping answer within {PING_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
-def test_served_champion_matches_predict(project, tmp_path):
+def post(url: str, payload: dict) -> list[float]:
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return json.loads(resp.read())["predictions"]
+    except urllib.error.HTTPError as exc:
+        pytest.fail(f"POST /invocations: HTTP {exc.code}: {exc.read()[:2000]!r}")
+
+
+def test_served_champion_is_self_contained_and_matches_predict(project, tmp_path):
     name, alias = project.get("base.mlflow.registered_model"), project.get("select.alias")
-    images = make_faces(project, tmp_path / "faces")
+    images = make_faces(project, tmp_path / "faces")  # a.jpg, b.jpg, c.JPG (JPEG) and d.png
+    on_files = [(str(p), None) for p in images]
+    errors = []
+    # pipeline.predict on the image files, with the registry's champion (what the server loads)
+    classifier, _ = load_classifier(None, str(project.root / "params.yaml"))
+    predicted = dict(predict_batches(classifier, on_files, 32, lambda path, why: errors.append((path, why))))
+    # ...and with the trainable-only checkpoint, whose base is rebuilt from the weights file (float32)
+    best_pt = project.path("train.models_dir") / VARIANT / "best.pt"
+    by_checkpoint = dict(predict_batches(GenderClassifier.from_checkpoint(best_pt), on_files, 32,
+                                         lambda path, why: errors.append((path, why))))
+    assert not errors
+
+    weights = project.path("model.weights")
+    assert weights.is_file() and weights.stat().st_size > 500e6  # a whole VGG-16 state dict
+    hidden = weights.with_name(weights.name + ".hidden")
+    empty, torch_home = tmp_path / "empty", tmp_path / "empty-torch-home"
+    empty.mkdir()
+    torch_home.mkdir()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@{alias}",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    env = cli_env(MLFLOW_TRACKING_URI=tracking.tracking_uri(project))
-    with open(log, "w") as out:  # cwd: outside the repo, the model brings its own code
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    env = cli_env(MLFLOW_TRACKING_URI=tracking.tracking_uri(project), TORCH_HOME=str(torch_home))
+    weights.rename(hidden)  # the base weights are nowhere to be read
     try:
-        ping_s = wait_for_ping(proc, url, log)
-        print(f"\nmlflow models serve: /ping answered after {ping_s:.1f} s")
-        x = preprocess(images, 32)
-        body = json.dumps({"inputs": x.tolist()}).encode()
-        request = urllib.request.Request(f"{url}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            served = json.loads(resp.read())["predictions"]
+        with open(log, "w") as out:  # cwd: an empty folder outside the repo, the model brings its code
+            proc = subprocess.Popen(cmd, cwd=empty, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            ping_s = wait_for_ping(proc, url, log)
+            print(f"\nmlflow models serve: /ping answered after {ping_s:.1f} s")
+            b64 = [base64.b64encode(p.read_bytes()).decode("ascii") for p in images]
+            served = post(url, {"dataframe_split": {"columns": ["image"], "data": [[b] for b in b64]}})
+            served_inputs = post(url, {"inputs": {"image": b64}})
+        finally:
+            stop_group(proc)
     finally:
-        stop_group(proc)
-    # pipeline.predict on the same image files, with the same registry model
-    classifier, _ = load_classifier(None, str(project.root / "params.yaml"))
-    errors = []
-    predicted = dict(predict_batches(classifier, [(str(p), None) for p in images], 32,
-                                     lambda path, reason: errors.append((path, reason))))
-    assert not errors
+        hidden.rename(weights)
+    assert list(empty.iterdir()) == [] and list(torch_home.rglob("*")) == []  # nothing read or cached there
     assert len(served) == len(images)
-    assert served == pytest.approx([predicted[str(p)] for p in images], abs=1e-5)
+    assert served == pytest.approx([predicted[str(p)] for p in images], abs=1e-5)  # the same champion
+    assert served_inputs == pytest.approx(served, abs=1e-7)
+    assert served == pytest.approx([by_checkpoint[str(p)] for p in images], abs=HALF)
