@@ -54,6 +54,7 @@ def test_reuse_gives_the_plain_loops_metrics(make_params, tmp_path, frozen_dropo
     base = {"train.epochs": 2, "data.synthetic.images": 100, "train.variants": variants,
             "train.frozen_dropout": frozen_dropout}
     plain = make_params({**base, "train.reuse_frozen": False})
+    generate_from_params(plain)
     split.split(plain)
     reuse = make_params({**base, "train.reuse_frozen": True})
     for name in variants:
