@@ -33,6 +33,7 @@ from pipeline import tracking
 from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
 from pipeline.data import CLASS_NAMES, FaceDataset, make_loader, read_split
 from pipeline.engine import resolve_device
+from pipeline.resident import resolve_workers
 
 
 def report(labels: np.ndarray, preds: np.ndarray) -> dict:
@@ -72,8 +73,7 @@ def evaluate(params: Params) -> dict:
     classifier = mlflow.pyfunc.load_model(uri).unwrap_python_model()
     classifier.net.to(resolve_device(str(params.get("train.device"))))
     test_ds = FaceDataset(root, test_frame, classifier.image_size)
-    loader = make_loader(test_ds, int(params.get("train.batch_size")), int(params.get("train.num_workers")),
-                         shuffle=False)
+    loader = make_loader(test_ds, int(params.get("train.batch_size")), resolve_workers(params.get("train.num_workers")), shuffle=False)
     probs = torch.cat([classifier.predict_proba(x) for x, _ in loader]).numpy()
     labels = test_ds.labels.numpy().astype(int)
     preds = (probs > 0.5).astype(int)
