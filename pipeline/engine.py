@@ -113,8 +113,8 @@ def train_epoch(net: nn.Module, source, order: torch.Tensor, flips: torch.Tensor
     sample ``i`` flipped where ``flips[i]``: :func:`train_one_epoch` without a DataLoader."""
     set_train_mode(net, frozen_dropout)
     sums = _Sums(device)
-    flips = flips.to(device)
-    for idx in progress(_batches(source.n, batch_size, order, device), desc):
+    flips = flips.to(source.index_device)  # order and flips: one copy per epoch to where the data is
+    for idx in progress(_batches(source.n, batch_size, order, source.index_device), desc):
         x, y = source.batch(idx, flips[idx])
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -129,7 +129,7 @@ def evaluate_batches(net: nn.Module, source, batch_size: int, device: torch.devi
     net.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     probs = []
-    for idx in progress(_batches(source.n, batch_size, None, device), desc):
+    for idx in progress(_batches(source.n, batch_size, None, source.index_device), desc):
         x, y = source.batch(idx, None)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -238,8 +238,9 @@ def _extract(model, pixels, orientations, layers, arrays, device, batch_size, am
 
     n_all = len(pixels)
     store_dtype = next(iter(arrays.values())).dtype if arrays else np.float32
-    for idx in progress(torch.arange(n_all).split(batch_size), desc):
-        start, n = int(idx[0]), len(idx)
+    start = 0
+    for idx in progress(torch.arange(n_all, device=resident._index_device(pixels)).split(batch_size), desc):
+        n = len(idx)
         x = resident.normalise(resident._take(pixels, idx, device))
         x = to_device(x, device, channels_last)
         if orientations == 2:  # the flip of a normalised tensor equals the flip of the image
@@ -253,6 +254,7 @@ def _extract(model, pixels, orientations, layers, arrays, device, batch_size, am
                 value = value.float().cpu().numpy()
             for o in range(orientations):
                 arrays[layer][o, start:start + n] = value[o * n:(o + 1) * n]
+        start += n
 
 
 def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=print, workers: int | None = None,

@@ -224,7 +224,9 @@ class Placer:
         if self.device.type != "cuda":
             return 0
         free, total = torch.cuda.mem_get_info(self.device)
-        return int(free - max(HEADROOM_BYTES, HEADROOM_FRACTION * total))
+        # memory torch's allocator holds but no tensor uses (an earlier variant's data) is free too
+        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return int(free + cached - max(HEADROOM_BYTES, HEADROOM_FRACTION * total))
 
     def fits_device(self, nbytes: int) -> bool:
         return self.device.type == "cuda" and nbytes <= self.device_room()
@@ -257,19 +259,25 @@ class Placer:
         return tensor.pin_memory() if where == "pinned" else tensor.clone()
 
 
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; from the host through pinned memory, without waiting."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def _take(store, idx: torch.Tensor, device: torch.device, view_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Rows ``idx`` of ``store`` (a tensor anywhere, or a memory map) as a tensor on ``device``."""
+    """Rows ``idx`` of ``store`` (a tensor anywhere, or a memory map) as a tensor on ``device``.
+    ``idx`` lives where the store does (see ``index_device``): no transfer to gather."""
     if isinstance(store, np.ndarray):
-        rows = torch.from_numpy(store[idx.cpu().numpy()])
+        rows = torch.from_numpy(store[idx.numpy()])
         if view_dtype is not None:
             rows = rows.view(view_dtype)
     else:
-        rows = store.index_select(0, idx if idx.device == store.device else idx.to(store.device))
-    if rows.device != device:
-        if device.type == "cuda" and not rows.is_pinned():
-            rows = rows.pin_memory()
-        rows = rows.to(device, non_blocking=True)
-    return rows
+        rows = store.index_select(0, idx)
+    return _to(rows, device)
 
 
 def _index_device(store) -> torch.device:
@@ -297,13 +305,16 @@ class ImageBatches:
 
     def __init__(self, pixels, labels: torch.Tensor, device: torch.device):
         self.pixels, self.device = pixels, device
-        self.labels = labels.to(device)
+        self.index_device = _index_device(pixels)  # where batch() wants its index tensors
+        self.labels = labels.to(self.index_device)
         self.n = len(labels)
 
     def batch(self, idx: torch.Tensor, flips: torch.Tensor | None):
-        """``idx``, ``flips``: on :attr:`device`."""
+        """``idx``, ``flips``: on :attr:`index_device`; the batch comes back on :attr:`device`."""
         x = _take(self.pixels, idx, self.device)
-        return normalise(x, flips), self.labels[idx]
+        if flips is not None:
+            flips = _to(flips, self.device)
+        return normalise(x, flips), _to(self.labels[idx], self.device)
 
 
 class FeatureBatches:
@@ -312,14 +323,15 @@ class FeatureBatches:
 
     def __init__(self, features, labels: torch.Tensor, device: torch.device, view_dtype=None):
         self.device, self.view_dtype = device, view_dtype
-        self.labels = labels.to(device)
+        self.index_device = _index_device(features)
+        self.labels = labels.to(self.index_device)
         self.n = len(labels)
         # (O, N, ...) -> (O * N, ...): orientation o of sample i is row o * N + i
         self.rows = features.reshape(-1, *features.shape[2:])
 
     def batch(self, idx: torch.Tensor, flips: torch.Tensor | None):
         rows = idx if flips is None else idx + flips.to(idx.dtype) * self.n
-        return _take(self.rows, rows, self.device, self.view_dtype), self.labels[idx]
+        return _take(self.rows, rows, self.device, self.view_dtype), _to(self.labels[idx], self.device)
 
 
 class RecomputeBatches:
@@ -328,7 +340,7 @@ class RecomputeBatches:
 
     def __init__(self, images: ImageBatches, prefix: nn.Module, amp: str, channels_last: bool):
         self.images, self.prefix, self.amp, self.channels_last = images, prefix, amp, channels_last
-        self.device, self.labels, self.n = images.device, images.labels, images.n
+        self.device, self.index_device, self.labels, self.n = images.device, images.index_device, images.labels, images.n
 
     @torch.no_grad()
     def batch(self, idx: torch.Tensor, flips: torch.Tensor | None):

@@ -173,10 +173,22 @@ class _FakeCuda:
         return self.free, self.total
 
 
+def _fake_cuda(monkeypatch, free_gb, cached_gb=0):
+    """An 80 GB GPU with ``free_gb`` free, plus ``cached_gb`` held by torch's allocator but unused."""
+    monkeypatch.setattr(resident.torch.cuda, "mem_get_info", _FakeCuda(free_gb << 30, 80 << 30))
+    monkeypatch.setattr(resident.torch.cuda, "memory_reserved", lambda device=None: (cached_gb + 1) << 30)
+    monkeypatch.setattr(resident.torch.cuda, "memory_allocated", lambda device=None: 1 << 30)
+
+
+def test_memory_torch_holds_unused_counts_as_free(monkeypatch):
+    _fake_cuda(monkeypatch, 4, cached_gb=30)  # an earlier variant's features, freed but still reserved
+    assert resident.Placer(torch.device("cuda"), quiet).choose(20 << 30) == "device"
+
+
 @pytest.mark.parametrize("free_gb,host_gb,size_gb,where", [
     (40, 100, 10, "device"), (12, 100, 10, "pinned"), (12, 15, 10, "mmap")])
 def test_placer_chooses_device_then_pinned_then_mmap(monkeypatch, free_gb, host_gb, size_gb, where):
-    monkeypatch.setattr(resident.torch.cuda, "mem_get_info", _FakeCuda(free_gb << 30, 80 << 30))
+    _fake_cuda(monkeypatch, free_gb)
     monkeypatch.setattr(resident, "host_available", lambda: host_gb << 30)
     assert resident.Placer(torch.device("cuda"), quiet).choose(size_gb << 30) == where
     assert resident.Placer(CPU, quiet).choose(size_gb << 30) == ("mmap" if where == "mmap" else "memory")
@@ -188,7 +200,7 @@ def test_placer_chooses_device_then_pinned_then_mmap(monkeypatch, free_gb, host_
 def test_frozen_prefix_recomputes_when_only_the_images_fit(make_params, monkeypatch, setting, free_gb, expected):
     """Features 24 GB, images 4.5 GB (CelebA30k at 224): auto picks recompute on a 20 GB-free GPU."""
     params = make_params({"train.frozen_features": setting})
-    monkeypatch.setattr(resident.torch.cuda, "mem_get_info", _FakeCuda(free_gb << 30, 80 << 30))
+    _fake_cuda(monkeypatch, free_gb)
     log = []
     placer = resident.Placer(torch.device("cuda"), log.append)
     assert resident.frozen_mode(params, placer, 24 << 30, int(4.5 * 2**30), log.append) == expected
