@@ -37,7 +37,6 @@ Usage (the train stage calls this; by hand, to see the size it would take)::
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
