@@ -11,7 +11,16 @@ models: nothing of the project's is touched), runs ``split`` once, then the four
 then ``true``. It prints a table (seconds per epoch of each strategy both ways, feature
 extraction time, cache size, grid wall time, peak RSS per process) and, as its last line,
 one JSON object with ``head_only_ratio``, ``last_block_ratio`` (plain / reuse seconds per
-epoch) and ``peak_rss_mb``. Figures, not assertions: nothing here passes or fails.
+epoch), ``peak_rss_mb`` and ``gpu`` (the CUDA device's name, or null). Figures, not
+assertions: nothing here passes or fails.
+
+On CUDA it also measures, in the same run, each phase's **ceiling**: the same network, batch
+and dtype on synthetic inputs already on the device (:func:`ceilings`), and prints per phase
+images/s, the ceiling and their ratio; the JSON gains ``<phase>_ratio_to_ceiling`` for the
+phases ``plain_<strategy>`` (whole network), ``extract`` (the cache build, decoding included)
+and ``reuse_<strategy>`` (the layers after the cache). A phase's images/s counts an epoch's
+training and validation images over its seconds; its ceiling mixes the measured training-step
+and evaluation rates in the same proportion.
 """
 from __future__ import annotations
 
@@ -30,6 +39,85 @@ import yaml
 from pipeline.config import load_params, run_main
 
 MODES = {"plain": False, "reuse": True}
+CEILING_STEPS, CEILING_WARMUP = 20, 3
+
+
+# --- ceilings: the network alone, inputs already on the device ------------------------------
+
+def _rate(step, images_per_step: int, device, steps: int, warmup: int) -> float:
+    """Images/s of ``step()`` repeated, after ``warmup`` untimed calls."""
+    import torch
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return images_per_step * steps / (time.perf_counter() - started)
+
+
+def ceilings(weights: str, seed: int, image_size: int, batch: int, amp: str, device, strategies,
+             frozen_dropout: bool = True, channels_last: bool = False, steps: int = CEILING_STEPS,
+             warmup: int = CEILING_WARMUP) -> dict:
+    """Images/s of each phase's network on synthetic inputs already on ``device`` (any device;
+    tiny sizes on the CPU in the tests): ``{phase: {"train": ips, "eval": ips}}`` for
+    ``plain_<s>`` and ``reuse_<s>``, ``{"extract": {"forward": ips}}`` for the cache build."""
+    import torch
+
+    from pipeline import frozen
+    from pipeline.engine import _Sums, _train_step, autocast
+    from pipeline.model import build_model, set_strategy
+
+    out: dict = {}
+    fmt = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+    y = (torch.arange(batch, device=device) % 2).float()
+    for strategy in strategies:
+        layer = frozen.layer_for(strategy, frozen_dropout)
+        model = build_model(weights, seed)
+        set_strategy(model, strategy)
+        model.to(device).to(memory_format=fmt)
+        feat_dtype = frozen.feature_dtype(amp)[1] or torch.float32
+        inputs = {f"plain_{strategy}": (model, torch.randn(batch, 3, image_size, image_size, device=device)
+                                        .contiguous(memory_format=fmt)),
+                  f"reuse_{strategy}": (frozen.Tail(model, layer, image_size).to(device),
+                                        torch.randn(batch, *frozen.layer_shape(layer, image_size), device=device)
+                                        .relu().to(feat_dtype))}
+        for phase, (net, x) in inputs.items():
+            optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+            sums = _Sums(device)
+
+            def train_step(net=net, x=x, optimizer=optimizer, sums=sums):
+                net.train()
+                _train_step(net, x, y, optimizer, device, amp, sums)
+
+            @torch.no_grad()
+            def eval_step(net=net, x=x):
+                net.eval()
+                with autocast(device, amp):
+                    net(x)
+
+            out[phase] = {"train": _rate(train_step, batch, device, steps, warmup),
+                          "eval": _rate(eval_step, batch, device, steps, warmup)}
+    model = build_model(weights, seed).to(device).to(memory_format=fmt).eval()
+    layers = sorted({frozen.layer_for(s, frozen_dropout) for s in strategies}, key=frozen.LAYERS.index)
+    x = torch.randn(2 * batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
+
+    @torch.no_grad()
+    def extract_step():
+        with autocast(device, amp):
+            frozen._forward_layers(model, x, layers)
+
+    out["extract"] = {"forward": _rate(extract_step, 2 * batch, device, steps, warmup)}
+    return out
+
+
+def epoch_ceiling(ceiling: dict, n_train: int, n_val: int) -> float:
+    """Images/s of an epoch (``n_train`` training steps' images, ``n_val`` evaluated) at the ceiling."""
+    return (n_train + n_val) / (n_train / ceiling["train"] + n_val / ceiling["eval"])
 
 
 def run_process(args: list[str], env: dict) -> tuple[float, float]:
@@ -98,7 +186,30 @@ def bench(params_file: Path, workdir: Path, epochs: int | None) -> dict:
             print(f"  {mode:5s} {name:20s} {wall:6.1f} s wall, {sum(m['epoch_seconds']) / len(m['epoch_seconds']):6.2f}"
                   f" s/epoch, peak RSS {rss:5.0f} MB", file=sys.stderr, flush=True)
         results[mode] = per_variant
+    results.update(gpu_ceilings(first, split_dir))
     return results
+
+
+def gpu_ceilings(params_path: Path, split_dir: Path) -> dict:
+    """``{"gpu": name or None}``, and on CUDA the split sizes and :func:`ceilings` of the config."""
+    import torch
+
+    from pipeline.engine import resolve_device
+    from pipeline.resident import resolve_amp
+
+    params = load_params(params_path)
+    device = resolve_device(str(params.get("train.device")))
+    if device.type != "cuda":
+        return {"gpu": None}
+    print("  ceilings: the same networks on synthetic inputs already on the GPU ...", file=sys.stderr, flush=True)
+    sizes = {s: sum(1 for _ in open(split_dir / f"{s}.csv")) - 1 for s in ("train", "val")}
+    strategies = sorted({v["strategy"] for v in params.variants().values()})
+    from pipeline.train import resolved_weights
+
+    c = ceilings(resolved_weights(params), int(params.get("base.seed")), int(params.get("data.image_size")),
+                 int(params.get("train.batch_size")), resolve_amp(params.get("train.amp"), device), device,
+                 strategies, bool(params.get("train.frozen_dropout")), bool(params.get("train.channels_last")))
+    return {"gpu": torch.cuda.get_device_name(device), "sizes": sizes, "ceilings": c}
 
 
 def summarise(results: dict) -> tuple[list[str], dict]:
@@ -132,8 +243,24 @@ def summarise(results: dict) -> tuple[list[str], dict]:
     summary = {**ratios, "peak_rss_mb": round(max(rss.values())), "extract_seconds": round(extract, 1),
                "cache_mb": round(cache_mb, 1), "grid_seconds_plain": round(grid["plain"], 1),
                "grid_seconds_reuse": round(grid["reuse"], 1), "max_val_loss_diff": drift,
-               "val_acc_identical": same_acc}
+               "val_acc_identical": same_acc, "gpu": results.get("gpu")}
+    if results.get("ceilings"):
+        n_train, n_val = results["sizes"]["train"], results["sizes"]["val"]
+        phases = {f"{mode}_{s}": ((n_train + n_val) / per_epoch(mode, s),
+                                  epoch_ceiling(results["ceilings"][f"{mode}_{s}"], n_train, n_val))
+                  for mode in MODES for s in strategies}
+        if extract > 0:
+            phases["extract"] = ((2 * n_train + n_val) / extract, results["ceilings"]["extract"]["forward"])
+        lines += [f"GPU: {results['gpu']}; ceiling: same network, batch and dtype, synthetic inputs on the GPU",
+                  f"{'phase':26s}{'images/s':>10s}{'ceiling':>10s}{'ratio':>8s}"]
+        lines += ceiling_lines(phases)
+        summary.update({f"{phase}_ratio_to_ceiling": round(ips / ceil, 3) for phase, (ips, ceil) in phases.items()})
     return lines, summary
+
+
+def ceiling_lines(phases: dict) -> list[str]:
+    """``phase  images/s  ceiling  ratio`` rows of ``{phase: (images/s, ceiling images/s)}``."""
+    return [f"{phase:26s}{ips:10.0f}{ceil:10.0f}{ips / ceil:8.0%}" for phase, (ips, ceil) in phases.items()]
 
 
 def main(argv=None) -> None:

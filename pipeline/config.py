@@ -18,7 +18,8 @@ from typing import Any, Callable
 import yaml
 
 STRATEGIES = ("head_only", "last_block")
-AMP_MODES = ("none", "bf16")
+AMP_MODES = ("auto", "none", "bf16")
+FROZEN_FEATURES = ("auto", "cache", "recompute")  # train.frozen_features
 GROUP_BY = ("none", "identity")  # split.group_by
 CHAMPION_DTYPES = ("float16", "float32", "bfloat16")  # select.champion_dtype (pipeline/serving.py DTYPES)
 LIMIT_MIN = 20  # data.limit: the fewest images a stratified 80/10/10 split can take
@@ -167,7 +168,9 @@ def validate(p: Params) -> None:
           f"model.weights must be none, imagenet or the path of a VGG-16 state dict, got {_got(weights)}")
     check_int("train.epochs", 1)
     check_int("train.batch_size", 1)
-    check_int("train.num_workers", 0)
+    workers = p.get("train.num_workers")
+    check(workers == "auto" or (_is_int(workers) and workers >= 0),
+          f"train.num_workers must be auto or an integer >= 0, got {_got(workers)}")
     device = p.get("train.device")
     check(isinstance(device, str) and DEVICES.fullmatch(device) is not None,
           f"train.device must be auto, cpu, cuda, cuda:N or mps, got {_got(device)}")
@@ -178,6 +181,11 @@ def validate(p: Params) -> None:
     dtype = p.get("select.champion_dtype")
     check(dtype in CHAMPION_DTYPES,
           f"select.champion_dtype must be one of {', '.join(CHAMPION_DTYPES)}, got {_got(dtype)}")
+    mode = p.get("train.frozen_features")
+    check(mode in FROZEN_FEATURES,
+          f"train.frozen_features must be one of {', '.join(FROZEN_FEATURES)}, got {_got(mode)}")
+    budget = p.get("train.cache_budget_gb")
+    check(_is_number(budget) and budget > 0, f"train.cache_budget_gb must be a positive number, got {_got(budget)}")
     for key in ("split.dir", "train.feature_cache", "train.models_dir", "train.metrics_dir", "train.history_dir", "select.output", "select.curves",
                 "evaluate.metrics", "evaluate.confusion_csv", "evaluate.confusion_png"):
         check_str(key)

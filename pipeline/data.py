@@ -346,10 +346,22 @@ class Preset:
     def __call__(self, img: Image.Image, flip: bool = False):
         from torchvision.transforms import functional as TF
 
-        img = _rgb(img).resize(self.size, Image.BILINEAR)
+        img = self.resized(img)
         if flip:
             img = TF.hflip(img)
         return TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
+
+    def resized(self, img: Image.Image) -> Image.Image:
+        """The RGB image at the preset's size (PIL bilinear): what every other step starts from."""
+        return _rgb(img).resize(self.size, Image.BILINEAR)
+
+    def pixels(self, img: Image.Image):
+        """The resized image as a uint8 ``(3, S, S)`` tensor, before flip and normalisation
+        (:func:`pipeline.resident.normalise` does those on whole batches, bitwise as here)."""
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.asarray(self.resized(img), dtype=np.uint8).transpose(2, 0, 1).copy())
 
 
 def epoch_flips(n: int, seed: int, epoch: int):
@@ -391,17 +403,24 @@ class FaceDataset:
         return len(self.ids)
 
     def __getitem__(self, idx: int):
+        return self._read(idx, lambda img: self.preset(img, flip=bool(self.flips[idx]))), self.labels[idx]
+
+    def pixels(self, idx: int):
+        """Image ``idx`` resized, as uint8 ``(3, S, S)`` (no flip, no normalisation): what the
+        image cache (:func:`pipeline.resident.ensure_images`) stores."""
+        return self._read(idx, self.preset.pixels)
+
+    def _read(self, idx: int, transform):
         path = self.folder / self.ids[idx]
         try:
             with Image.open(path) as img:
-                x = self.preset(img, flip=bool(self.flips[idx]))
+                return transform(img)
         except FileNotFoundError:
             raise PipelineError(f"{path}: image not found") from None
         except UnidentifiedImageError:
             raise PipelineError(f"{path}: not an image file Pillow can read") from None
         except Exception as exc:  # noqa: BLE001 - truncated file, decompression bomb, damaged data ...
             raise PipelineError(f"{path}: {_decode_problem(exc)}") from exc
-        return x, self.labels[idx]
 
 
 def make_loader(ds, batch_size: int, num_workers: int, shuffle: bool, seed: int = 0):

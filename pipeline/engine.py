@@ -3,6 +3,11 @@
 ``net`` is the whole VGG-16 (the plain loop) or a :class:`pipeline.frozen.Tail` fed with
 cached frozen features; the loops are the same. On CUDA: pinned host memory with
 non-blocking copies, optional bf16 autocast (``train.amp``) and ``channels_last``.
+
+:func:`train_epoch` and :func:`evaluate_batches` are the same loops over batches gathered by
+index from data already resident (:mod:`pipeline.resident`): the training stage's path. No loop
+here syncs with the host per step: loss sums (float64, as Python's float sums were) and correct
+counts stay on the device and come back once per epoch.
 """
 from __future__ import annotations
 
@@ -59,21 +64,88 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.O
                     channels_last: bool = False, frozen_dropout: bool = True) -> dict:
     """One pass over ``loader``; frozen dropout stays active unless ``frozen_dropout=False``."""
     set_train_mode(net, frozen_dropout)
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
-    total_loss, correct, seen = 0.0, 0, 0
+    sums = _Sums(device)
     for x, y in progress(loader, desc):
         x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
+        _train_step(net, x, y, optimizer, device, amp, sums)
+    return sums.result()
+
+
+class _Sums:
+    """Loss sum (float64, like the Python float it replaces) and correct count, on the device."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += loss.detach().double()
+        self.correct += ((logits.detach() > 0).float() == y).sum()
+        self.seen += len(y)
+
+    def result(self) -> dict:
+        loss, correct = self.loss.item(), int(self.correct.item())  # the epoch's one transfer
+        return {"loss": loss / self.seen, "acc": correct / self.seen}
+
+
+def _train_step(net, x, y, optimizer, device, amp, sums: _Sums) -> None:
+    with autocast(device, amp):
+        logits = net(x).squeeze(1)
+    logits = logits.float()
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+    optimizer.zero_grad(set_to_none=True)
+    (loss / len(y)).backward()
+    optimizer.step()
+    sums.add(loss, logits, y)
+
+
+def _batches(n: int, batch_size: int, order: torch.Tensor | None, device: torch.device):
+    """Index tensors of the batches of one pass (``order``: a permutation, else 0..n-1), on ``device``."""
+    idx = (torch.arange(n) if order is None else order).to(device)
+    return idx.split(batch_size)
+
+
+def train_epoch(net: nn.Module, source, order: torch.Tensor, flips: torch.Tensor, batch_size: int,
+                optimizer: torch.optim.Optimizer, device: torch.device, desc: str = "train", amp: str = "none",
+                channels_last: bool = False, frozen_dropout: bool = True) -> dict:
+    """One training pass over ``source`` (:mod:`pipeline.resident` batches) in ``order``,
+    sample ``i`` flipped where ``flips[i]``: :func:`train_one_epoch` without a DataLoader."""
+    set_train_mode(net, frozen_dropout)
+    sums = _Sums(device)
+    flips = flips.to(source.index_device)  # order and flips: one copy per epoch to where the data is
+    for idx in progress(_batches(source.n, batch_size, order, source.index_device), desc):
+        x, y = source.batch(idx, flips[idx])
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        _train_step(net, x, y, optimizer, device, amp, sums)
+    return sums.result()
+
+
+@torch.no_grad()
+def evaluate_batches(net: nn.Module, source, batch_size: int, device: torch.device, desc: str = "eval",
+                     amp: str = "none", channels_last: bool = False) -> dict:
+    """:func:`evaluate` over ``source`` in its order, unflipped, one transfer at the end."""
+    net.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    probs = []
+    for idx in progress(_batches(source.n, batch_size, None, source.index_device), desc):
+        x, y = source.batch(idx, None)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             logits = net(x).squeeze(1)
         logits = logits.float()
-        loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        (loss / len(y)).backward()
-        optimizer.step()
-        total_loss += loss.item()
-        correct += ((logits > 0).float() == y).sum().item()
-        seen += len(y)
-    return {"loss": total_loss / seen, "acc": correct / seen}
+        total += nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum").double()
+        probs.append(torch.sigmoid(logits))
+    labels_arr = source.labels.cpu().numpy().astype(int)
+    return _eval_result(total.item(), labels_arr, torch.cat(probs).cpu().numpy())
+
+
+def _eval_result(total_loss: float, labels_arr: np.ndarray, probs_arr: np.ndarray) -> dict:
+    preds = (probs_arr > 0.5).astype(int)
+    return {"loss": total_loss / len(labels_arr), "acc": float((preds == labels_arr).mean()),
+            "labels": labels_arr, "preds": preds, "probs": probs_arr}
 
 
 @torch.no_grad()
@@ -81,17 +153,13 @@ def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, desc: str
              amp: str = "none", channels_last: bool = False) -> dict:
     """Loss, accuracy, and per-sample labels / predictions / probabilities."""
     net.eval()
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
-    total_loss, labels, probs = 0.0, [], []
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    labels, probs = [], []
     for x, y in progress(loader, desc):
         with autocast(device, amp):
             logits = net(to_device(x, device, channels_last)).squeeze(1)
         logits = logits.float()
-        total_loss += loss_fn(logits, y.to(device)).item()
+        total += nn.functional.binary_cross_entropy_with_logits(logits, y.to(device), reduction="sum").double()
         labels.append(y.numpy())
-        probs.append(torch.sigmoid(logits).cpu().numpy())
-    labels_arr = np.concatenate(labels).astype(int)
-    probs_arr = np.concatenate(probs)
-    preds = (probs_arr > 0.5).astype(int)
-    return {"loss": total_loss / len(labels_arr), "acc": float((preds == labels_arr).mean()),
-            "labels": labels_arr, "preds": preds, "probs": probs_arr}
+        probs.append(torch.sigmoid(logits))
+    return _eval_result(total.item(), np.concatenate(labels).astype(int), torch.cat(probs).cpu().numpy())

@@ -3,9 +3,11 @@
 Both strategies freeze the front of VGG-16, whose ``features`` have no batch norm and no
 dropout; random horizontal flip is the only augmentation. So the frozen prefix maps a
 training image to one of exactly two tensors (flipped or not), and a validation image to
-one. :func:`ensure_cache` computes them once into ``.npy`` files (memory-mapped when read)
-under ``train.feature_cache``; every epoch of every variant that shares the prefix then
-trains the :class:`Tail` on them. The result is the plain loop's result (same samples,
+one. :func:`ensure_cache` computes them once, from the decoded-image cache
+(:func:`pipeline.resident.ensure_images`), into ``.npy`` files under ``train.feature_cache``
+(float32; bf16 under ``train.amp: bf16``); :mod:`pipeline.resident` puts them on the device
+when they fit, and every epoch of every variant that shares the prefix then trains the
+:class:`Tail` on them. The result is the plain loop's result (same samples,
 same flips, same dropout masks), up to float rounding.
 
 Cached layers (``layer_for``):
@@ -24,8 +26,9 @@ plain loop up to float rounding (~1e-7).
 
 A cache entry is keyed by everything its values depend on: the base weights (seed, or the
 weight file's hash), image size, the images' bytes, the code that reads and runs them, the
-torch version, device type and autocast mode. Stale entries are never reused; delete
-``train.feature_cache`` to reclaim the disk.
+torch version, device type and autocast mode. Stale entries are never reused; the least
+recently used ones go when the folder outgrows ``train.cache_budget_gb``
+(:func:`pipeline.resident.enforce_budget`).
 
 Usage (the train stage calls this; by hand, to see the size it would take)::
 
@@ -34,7 +37,6 @@ Usage (the train stage calls this; by hand, to see the size it would take)::
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
@@ -50,13 +52,14 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from pipeline.config import Params, PipelineError, load_params, run_main, write_json
-from pipeline.data import FaceDataset, detect_layout, read_split
+from pipeline import resident
+from pipeline.data import read_split
 from pipeline.model import LAST_BLOCK
 
 FORMAT = 1
 LAYERS = ("pool4", "pool5", "fc7")  # in network order
 POOL4_END = LAST_BLOCK[0]  # features[:24] ends with pool4
-CODE_FILES = ("data.py", "model.py", "frozen.py")
+CODE_FILES = ("data.py", "model.py", "frozen.py", "resident.py")
 
 
 def layer_for(strategy: str, frozen_dropout: bool = True) -> str:
@@ -159,9 +162,7 @@ class CachedFeatures(Dataset):
 # --- building the cache --------------------------------------------------------------
 
 def _hash_file(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    resident.hash_file(h, path)
 
 
 def weights_id(params: Params) -> str:
@@ -187,25 +188,29 @@ def code_digest(names) -> str:
     return h.hexdigest()
 
 
-def cache_key(params: Params, frames: dict[str, pd.DataFrame], device: torch.device) -> tuple[str, dict]:
-    """A digest of everything the cached values depend on, and its readable parts."""
-    images = hashlib.blake2b(digest_size=16)
-    folder = detect_layout(params.dataset_root()).image_dir
-    for split, frame in frames.items():
-        images.update(split.encode())
-        for image_id in frame["image_id"]:
-            images.update(image_id.encode())
-            _hash_file(images, folder / image_id)
+def cache_key(params: Params, frames: dict[str, pd.DataFrame], device: torch.device,
+              digest: str | None = None) -> tuple[str, dict]:
+    """A digest of everything the cached values depend on, and its readable parts. ``digest``:
+    :func:`pipeline.resident.images_digest` of ``frames``, when the caller has it already."""
+    images = digest or resident.images_digest(params.dataset_root(), frames)
     parts = {"format": FORMAT, "weights": weights_id(params), "image_size": int(params.get("data.image_size")),
-             "images": images.hexdigest(), "code": code_digest(CODE_FILES), "torch": torch.__version__,
-             "device": device.type, "amp": str(params.get("train.amp"))}
+             "images": images, "code": code_digest(CODE_FILES), "torch": torch.__version__,
+             "device": device.type, "amp": resident.resolve_amp(params.get("train.amp"), device)}
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=10).hexdigest()
     return digest, parts
 
 
-def cache_bytes(layers, image_size: int, n_train: int, n_val: int) -> int:
-    """float32 bytes: training images twice (both orientations), validation once."""
-    return sum(4 * int(np.prod(layer_shape(layer, image_size))) * (2 * n_train + n_val) for layer in layers)
+def cache_bytes(layers, image_size: int, n_train: int, n_val: int, itemsize: int = 4) -> int:
+    """Bytes (float32: ``itemsize`` 4; bf16: 2): training images twice (both orientations),
+    validation once."""
+    return sum(itemsize * int(np.prod(layer_shape(layer, image_size))) * (2 * n_train + n_val) for layer in layers)
+
+
+def feature_dtype(amp: str) -> tuple[np.dtype, torch.dtype | None]:
+    """How features are stored: float32, or under bf16 autocast bf16 (the values autocast made
+    anyway, half the bytes), kept in the ``.npy`` as int16 bit patterns (numpy has no bf16).
+    Returns the numpy dtype and the torch dtype to view it as (None: as is)."""
+    return (np.dtype(np.int16), torch.bfloat16) if amp == "bf16" else (np.dtype(np.float32), None)
 
 
 def _files(entry: Path, layer: str) -> dict[str, Path]:
@@ -225,50 +230,62 @@ def _forward_layers(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dic
     return {k: v for k, v in out.items() if k in layers}
 
 
-def _extract(model, ds: FaceDataset, orientations: int, layers, arrays, device, batch_size, workers, amp,
-             channels_last, desc) -> None:
-    from pipeline.data import make_loader
+def _extract(model, pixels, orientations, layers, arrays, device, batch_size, amp, channels_last, desc) -> None:
+    """Run the frozen layers on decoded images (``pixels``: uint8 rows, resident or mapped) in
+    order, batch by batch; a training batch goes through with its flipped copy appended."""
     from pipeline.engine import autocast, progress, to_device
 
-    loader = make_loader(ds, batch_size, workers, shuffle=False)
+    n_all = len(pixels)
+    store_dtype = next(iter(arrays.values())).dtype if arrays else np.float32
     start = 0
-    for x, _ in progress(loader, desc):
-        n = len(x)
+    for idx in progress(torch.arange(n_all, device=resident._index_device(pixels)).split(batch_size), desc):
+        n = len(idx)
+        x = resident.normalise(resident._take(pixels, idx, device))
         x = to_device(x, device, channels_last)
         if orientations == 2:  # the flip of a normalised tensor equals the flip of the image
             x = torch.cat([x, torch.flip(x, dims=[-1])])
         with autocast(device, amp):
             feats = _forward_layers(model, x, layers)
         for layer, value in feats.items():
-            value = value.float().cpu().numpy()
+            if store_dtype == np.int16:
+                value = value.to(torch.bfloat16).cpu().view(torch.int16).numpy()
+            else:
+                value = value.float().cpu().numpy()
             for o in range(orientations):
                 arrays[layer][o, start:start + n] = value[o * n:(o + 1) * n]
         start += n
 
 
-def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=print) -> dict:
+def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=print, workers: int | None = None,
+                 digest: str | None = None) -> dict:
     """Build the missing cached layers for this config (under a lock); return where they are.
 
-    Returns ``{"dir", "layers", "bytes", "built", "extract_seconds", "key"}``.
+    The images come from the decoded-image cache (:func:`pipeline.resident.ensure_images`,
+    built first if missing, with ``workers`` decode processes; default ``train.num_workers``).
+    Returns ``{"dir", "layers", "bytes", "built", "extract_seconds", "key", "dtype", "view_dtype"}``.
     """
     size = int(params.get("data.image_size"))
     split_dir = params.path("split.dir")
     frames = {s: read_split(split_dir, s) for s in ("train", "val")}
     layers = needed_layers(params)
-    key, parts = cache_key(params, frames, device)
+    digest = digest or resident.images_digest(params.dataset_root(), frames)
+    key, parts = cache_key(params, frames, device, digest)
+    amp = parts["amp"]
+    dtype, view_dtype = feature_dtype(amp)
     root = params.shared_path("train.feature_cache")
     entry = root / key
     n_train, n_val = len(frames["train"]), len(frames["val"])
-    total = cache_bytes(layers, size, n_train, n_val)
-    result = {"dir": entry, "layers": layers, "bytes": total, "built": [], "extract_seconds": 0.0, "key": key}
-    entry.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent stage waits, then reuses
+    total = cache_bytes(layers, size, n_train, n_val, dtype.itemsize)
+    result = {"dir": entry, "layers": layers, "bytes": total, "built": [], "extract_seconds": 0.0, "key": key,
+              "dtype": dtype, "view_dtype": view_dtype}
+    with resident.entry_lock(root, key):  # a concurrent stage waits, then reuses
+        entry.mkdir(parents=True, exist_ok=True)
         missing = [layer for layer in layers if not all(p.is_file() for p in _files(entry, layer).values())]
         if not missing:
             log(f"feature cache: reusing {'+'.join(layers)} ({total / 2**20:.1f} MB) in {entry}")
+            resident.touch(entry)
             return result
-        need = cache_bytes(missing, size, n_train, n_val)
+        need = cache_bytes(missing, size, n_train, n_val, dtype.itemsize)
         free = shutil.disk_usage(entry).free
         log(f"feature cache: building {'+'.join(missing)} for {n_train} training images x 2 orientations "
             f"+ {n_val} validation images: {need / 2**20:.1f} MB in {entry} ({free / 2**30:.1f} GB free; "
@@ -278,6 +295,9 @@ def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=pri
                                 f"{free / 2**30:.2f} GB free (free space, move it, or set train.reuse_frozen: false)")
         write_json(entry / "key.json", parts)
         started = time.perf_counter()
+        workers = resident.resolve_workers(params.get("train.num_workers")) if workers is None else workers
+        images = resident.ensure_images(params, frames, workers, log, digest)
+        placer = resident.Placer(device, log)
         was_training = model.training
         model.eval()
         arrays, tmp_paths = {}, []
@@ -287,12 +307,13 @@ def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=pri
                 for layer in missing:
                     tmp = _files(entry, layer)[split].with_suffix(f".tmp{os.getpid()}.npy")
                     tmp_paths.append((tmp, _files(entry, layer)[split]))
-                    arrays[layer] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                    arrays[layer] = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
                                                               shape=(orientations, n, *layer_shape(layer, size)))
-                ds = FaceDataset(params.dataset_root(), frames[split], size)
-                _extract(model, ds, orientations, missing, arrays, device, int(params.get("train.batch_size")),
-                         int(params.get("train.num_workers")), str(params.get("train.amp")),
-                         bool(params.get("train.channels_last")), f"features {split}")
+                with resident.entry_lock(root, images["key"], shared=True):
+                    pixels = placer.place(images["files"][split], f"decoded {split} images")
+                _extract(model, pixels, orientations, missing, arrays, device, int(params.get("train.batch_size")),
+                         amp, bool(params.get("train.channels_last")), f"features {split}")
+                del pixels
                 for arr in arrays.values():
                     arr.flush()
                 arrays.clear()
@@ -303,9 +324,10 @@ def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=pri
             for tmp, _ in tmp_paths:
                 tmp.unlink(missing_ok=True)
             model.train(was_training)
+        resident.touch(entry)
         result["built"] = missing
         result["extract_seconds"] = time.perf_counter() - started
-        log(f"feature cache: built in {result['extract_seconds']:.1f} s")
+        log(f"feature cache: built in {result['extract_seconds']:.1f} s (decoding included)")
     return result
 
 

@@ -34,10 +34,10 @@ import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix
 
-from pipeline import frozen, tracking
+from pipeline import frozen, resident, tracking
 from pipeline.config import Params, atomic_write, load_params, run_main, write_json
-from pipeline.data import CLASS_NAMES, FaceDataset, make_loader, read_split
-from pipeline.engine import evaluate, progress, resolve_device, train_one_epoch
+from pipeline.data import CLASS_NAMES, FaceDataset, epoch_flips, read_split
+from pipeline.engine import evaluate_batches, progress, resolve_device, train_epoch
 from pipeline.model import build_model, save_checkpoint, set_strategy, trainable_state
 
 RESUME_DIR = "resume"  # in <train.models_dir>/<variant>/ while a run is unfinished
@@ -64,7 +64,7 @@ def train(params: Params, variant: str) -> dict:
     seed = int(params.get("base.seed"))
     epochs = int(params.get("train.epochs"))
     batch_size = int(params.get("train.batch_size"))
-    workers = int(params.get("train.num_workers"))
+    workers = resident.resolve_workers(params.get("train.num_workers"))
     size = int(params.get("data.image_size"))
     device = resolve_device(str(params.get("train.device")))
     weights = resolved_weights(params)
@@ -73,7 +73,7 @@ def train(params: Params, variant: str) -> dict:
 
     reuse = bool(params.get("train.reuse_frozen"))
     frozen_dropout = bool(params.get("train.frozen_dropout"))
-    amp = str(params.get("train.amp"))
+    amp = resident.resolve_amp(params.get("train.amp"), device)
     channels_last = bool(params.get("train.channels_last")) and device.type == "cuda"
 
     frames = {name: read_split(split_dir, name) for name in ("train", "val")}
@@ -89,16 +89,10 @@ def train(params: Params, variant: str) -> dict:
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(spec["lr"]))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    cache, layer = None, "none"
-    if reuse:  # train the layers after the cached frozen prefix (pipeline.frozen)
-        cache = frozen.ensure_cache(params, model, device)
-        layer = frozen.layer_for(spec["strategy"], frozen_dropout)
-        net = frozen.Tail(model, layer, size).to(device)
-        train_data = frozen.open_split(cache["dir"], layer, "train", train_ds.labels, train=True, seed=seed)
-        val_data = frozen.open_split(cache["dir"], layer, "val", val_ds.labels, train=False, seed=seed)
-    else:  # the plain loop: every image through the whole network, every epoch
-        net, train_data, val_data = model, train_ds, val_ds
-    val_loader = make_loader(val_data, batch_size, workers, shuffle=False)
+    # reuse: the layers after the frozen prefix, on its cached (or recomputed) output; else the
+    # plain loop, every image through the whole network every epoch; images decoded once either way
+    data = resident.training_data(params, model, spec["strategy"], device, amp, workers, channels_last)
+    net, cache, layer = data["net"], data["cache"], data["layer"]
     loop = {"amp": amp, "channels_last": channels_last}
 
     out_dir = params.path("train.models_dir") / variant
@@ -130,7 +124,7 @@ def train(params: Params, variant: str) -> dict:
                 "trainable_params": n_trainable,
                 "trainable_layers": ",".join(sorted({n.rsplit(".", 1)[0] for n in trainable})),
                 "reuse_frozen": reuse, "frozen_dropout": frozen_dropout, "amp": amp, "device": device.type,
-                "channels_last": channels_last, "cached_layer": layer,
+                "channels_last": channels_last, "cached_layer": layer, "frozen_features": data["mode"],
             })
             log_split(split_dir)
             tracking.log_split_input(params, frames["train"], "train", "training")
@@ -145,12 +139,13 @@ def train(params: Params, variant: str) -> dict:
         for epoch in progress(range(first_epoch, epochs + 1), variant, leave=True):
             epoch_seed = seed * 1000 + epoch
             torch.manual_seed(epoch_seed)  # dropout of this epoch
-            train_data.set_epoch(epoch)  # flips of this epoch
-            loader = make_loader(train_data, batch_size, workers, shuffle=True, seed=epoch_seed)
+            # make_loader's shuffle of this epoch and FaceDataset's flips, as index tensors
+            order = resident.epoch_order(len(train_ds), epoch_seed)
+            flips = epoch_flips(len(train_ds), seed, epoch)
             started = time.perf_counter()
-            tr = train_one_epoch(net, loader, optimizer, device, desc=f"epoch {epoch} train",
-                                 frozen_dropout=frozen_dropout, **loop)
-            va = evaluate(net, val_loader, device, desc=f"epoch {epoch} val", **loop)
+            tr = train_epoch(net, data["train"], order, flips, batch_size, optimizer, device,
+                             desc=f"epoch {epoch} train", frozen_dropout=frozen_dropout, **loop)
+            va = evaluate_batches(net, data["val"], batch_size, device, desc=f"epoch {epoch} val", **loop)
             epoch_seconds.append(time.perf_counter() - started)
             row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
                    "val_loss": va["loss"], "val_acc": va["acc"]}
@@ -214,14 +209,14 @@ def resume_fingerprint(params: Params, variant: str, device: torch.device) -> st
     """What a resume state must have been made with: this variant's settings, the data, the code."""
     cfg = params.resolved()
     cfg["train"]["variants"] = {variant: params.variant(variant)}
-    for key in ("models_dir", "metrics_dir", "history_dir", "feature_cache", "num_workers"):
+    for key in ("models_dir", "metrics_dir", "history_dir", "feature_cache", "num_workers", "cache_budget_gb"):
         cfg["train"].pop(key, None)  # where things go and how fast; not what is computed
     h = hashlib.blake2b(json.dumps({k: cfg[k] for k in ("data", "split", "model", "train")}, sort_keys=True,
                                    default=str).encode(), digest_size=16)
     h.update(f"{params.get('base.seed')}|{device.type}|{torch.__version__}".encode())
     for name in ("train", "val"):
         h.update((params.path("split.dir") / f"{name}.csv").read_bytes())
-    h.update(frozen.code_digest(("train.py", "engine.py", "frozen.py", "model.py", "data.py")).encode())
+    h.update(frozen.code_digest(("train.py", "engine.py", "frozen.py", "model.py", "data.py", "resident.py")).encode())
     return h.hexdigest()
 
 

@@ -421,7 +421,7 @@ def test_an_edited_split_file_is_named(project):
     ({"train.epochs": True}, "train.epochs must be an integer >= 1, got True"),
     ({"train.epochs": 2.5}, "train.epochs must be an integer >= 1, got 2.5"),
     ({"train.batch_size": 0}, "train.batch_size must be an integer >= 1, got 0"),
-    ({"train.num_workers": -1}, "train.num_workers must be an integer >= 0, got -1"),
+    ({"train.num_workers": -1}, "train.num_workers must be auto or an integer >= 0, got -1"),
     ({"train.device": "gpu"}, "train.device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
     ({"data.image_size": True}, "data.image_size must be an integer >= 32"),
     ({"data.image_size": 31}, "data.image_size must be an integer >= 32"),

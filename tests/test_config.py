@@ -18,7 +18,11 @@ from pipeline.tracking import tracking_uri
     ({"data.source": "imagenet"}, "data.source must be 'synthetic' or 'celeba'"),
     ({"train.reuse_frozen": "yes"}, "train.reuse_frozen must be true or false"),
     ({"train.frozen_dropout": 1}, "train.frozen_dropout must be true or false"),
-    ({"train.amp": "fp16"}, "train.amp must be one of none, bf16"),
+    ({"train.amp": "fp16"}, "train.amp must be one of auto, none, bf16, got 'fp16'"),
+    ({"train.num_workers": "all"}, "train.num_workers must be auto or an integer >= 0, got 'all'"),
+    ({"train.frozen_features": "disk"}, "train.frozen_features must be one of auto, cache, recompute, got 'disk'"),
+    ({"train.cache_budget_gb": 0}, "train.cache_budget_gb must be a positive number, got 0"),
+    ({"train.cache_budget_gb": "50GB"}, "train.cache_budget_gb must be a positive number, got '50GB'"),
 ])
 def test_bad_values_name_the_key(make_params, overrides, message):
     with pytest.raises(PipelineError, match=message):

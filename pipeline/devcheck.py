@@ -1,0 +1,241 @@
+"""The device check: the training core at CelebA30k scale on one GPU, against its ceilings.
+
+Usage (on a machine with torch, torchvision, numpy, pandas, pillow, pyyaml, tqdm; no MLflow,
+no DVC needed)::
+
+    python -m pipeline.devcheck --workdir /tmp/devcheck --json $OUT/devcheck.json
+    python -m pipeline.devcheck --images 60 --distinct 30 --size 32 --batch 16 --epochs 1   # tiny, CPU
+
+It generates ``--distinct`` synthetic faces (:mod:`pipeline.synthetic`) and replicates them
+under new image ids to ``--images`` files (hard links: each id is still decoded on its own),
+splits them 80/10/10 (:func:`pipeline.split.split`), then runs the seed experiment's grid --
+the four variants of ``params.yaml`` for ``--epochs`` epochs -- through the train stage's core
+(:func:`pipeline.resident.training_data`, :func:`pipeline.engine.train_epoch` and
+:func:`~pipeline.engine.evaluate_batches`: decode, cache build, epochs; no MLflow, no
+checkpoints), one variant after the other in this process, the caches starting empty. Then one
+epoch of the plain loop (``last_block``, every image through the whole network) and the
+ceilings of :func:`pipeline.bench.ceilings`. It prints a table (per phase images/s, ceiling,
+ratio), the grid's seconds, and, last, one JSON line (also written to ``--json``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import load_params, run_main, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_dataset(folder: Path, images: int, distinct: int, seed: int) -> None:
+    """``images`` CelebA-layout files: ``distinct`` synthetic faces, replicated under new ids."""
+    from pipeline import synthetic
+    from pipeline.data import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
+
+    base = folder.with_name(folder.name + "-base")
+    synthetic.generate(base, min(distinct, images), 0.05, seed)
+    lines = (base / ATTR_FILE).read_text().splitlines()
+    header, rows = lines[1], lines[2:]
+    idents = dict(line.split() for line in (base / IDENTITY_FILE).read_text().splitlines())
+    n_ident = max(map(int, idents.values()))
+    (folder / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
+    attr, ident = [], []
+    for j in range(images):
+        src_id, values = rows[j % len(rows)].split(" ", 1)
+        image_id = f"{j + 1:06d}.jpg"
+        os.link(base / IMAGE_DIR / src_id, folder / IMAGE_DIR / image_id)
+        attr.append(f"{image_id} {values}")
+        ident.append(f"{image_id} {int(idents[src_id]) + n_ident * (j // len(rows))}")
+    (folder / ATTR_FILE).write_text(f"{images}\n{header}\n" + "\n".join(attr) + "\n")
+    (folder / IDENTITY_FILE).write_text("\n".join(ident) + "\n")
+
+
+def write_params(workdir: Path, args) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(source="celeba", root=str(workdir / "celeba"), image_size=args.size, limit=None)
+    raw["split"].update(dir=str(workdir / "split"), group_by="none")
+    raw["train"].update(epochs=args.epochs, batch_size=args.batch, device=args.device, amp=args.amp,
+                        num_workers=args.workers, feature_cache=str(workdir / "cache"),
+                        models_dir=str(workdir / "models"), frozen_features=args.frozen_features)
+    path = workdir / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def resolved_weights(params) -> str:
+    """``model.weights`` as :func:`pipeline.train.resolved_weights` gives it (that module needs MLflow)."""
+    weights = str(params.get("model.weights"))
+    return weights if weights in ("none", "imagenet") else str(params.path("model.weights"))
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_variant(params, name: str, epochs: int, log=print, reuse: bool | None = None) -> dict:
+    """One variant through the train stage's core; seconds of each part (process start excluded)."""
+    import torch
+
+    from pipeline import resident
+    from pipeline.data import epoch_flips
+    from pipeline.engine import evaluate_batches, resolve_device, train_epoch
+    from pipeline.model import build_model, set_strategy
+    started = time.perf_counter()
+    spec = params.variant(name)
+    seed, batch = int(params.get("base.seed")), int(params.get("train.batch_size"))
+    device = resolve_device(str(params.get("train.device")))
+    amp = resident.resolve_amp(params.get("train.amp"), device)
+    channels_last = bool(params.get("train.channels_last")) and device.type == "cuda"
+    if reuse is not None:
+        params.raw["train"]["reuse_frozen"] = reuse
+    model = build_model(resolved_weights(params), seed, params.root)
+    set_strategy(model, spec["strategy"])
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(spec["lr"]))
+    data = resident.training_data(params, model, spec["strategy"], device, amp,
+                                  resident.resolve_workers(params.get("train.num_workers")), channels_last, log)
+    _sync(device)
+    prepared = time.perf_counter()
+    n = data["train"].n
+    loop = {"amp": amp, "channels_last": channels_last}
+    train_s, eval_s, history = [], [], []
+    for epoch in range(1, epochs + 1):
+        epoch_seed = seed * 1000 + epoch
+        torch.manual_seed(epoch_seed)
+        t0 = time.perf_counter()
+        tr = train_epoch(data["net"], data["train"], resident.epoch_order(n, epoch_seed), epoch_flips(n, seed, epoch),
+                         batch, optimizer, device, frozen_dropout=bool(params.get("train.frozen_dropout")), **loop)
+        t1 = time.perf_counter()  # train_epoch returns after its one transfer: the device is done
+        va = evaluate_batches(data["net"], data["val"], batch, device, **loop)
+        t2 = time.perf_counter()
+        train_s.append(t1 - t0)
+        eval_s.append(t2 - t1)
+        history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                        "val_loss": va["loss"], "val_acc": va["acc"]})
+    cache, images = data["cache"], data["images"]
+    return {"variant": name, "strategy": spec["strategy"], "mode": data["mode"], "layer": data["layer"],
+            "seconds": time.perf_counter() - started, "prepare_seconds": prepared - started,
+            "extract_seconds": cache["extract_seconds"] if cache else 0.0,
+            "decode_seconds": images["decode_seconds"] if images else 0.0,
+            "train_seconds": train_s, "eval_seconds": eval_s, "n_train": n, "n_val": data["val"].n,
+            "history": history, "amp": amp, "device": str(device)}
+
+
+def check(args) -> dict:
+    import torch
+
+    from pipeline.bench import ceiling_lines, ceilings, epoch_ceiling
+    from pipeline.engine import resolve_device
+    from pipeline.resident import resolve_amp
+    from pipeline.split import split
+
+    workdir = Path(args.workdir).resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    log = (lambda m: print(m, file=sys.stderr, flush=True))
+    t = time.perf_counter()
+    make_dataset(workdir / "celeba", args.images, args.distinct, args.seed)
+    log(f"devcheck: {args.images} images ({args.distinct} distinct) in {time.perf_counter() - t:.1f} s")
+    params = load_params(write_params(workdir, args))
+    split(params, log=log)
+    device = resolve_device(str(params.get("train.device")))
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    log(f"devcheck: device {device} ({gpu or 'no GPU'}), amp {resolve_amp(params.get('train.amp'), device)}, "
+        f"torch {torch.__version__}")
+    grid = []
+    for name in (args.variants.split(",") if args.variants else params.variants()):
+        r = run_variant(params, name, args.epochs, log)
+        grid.append(r)
+        log(f"devcheck: {name}: {r['seconds']:.1f} s ({r['mode']}; prepare {r['prepare_seconds']:.1f} s, "
+            f"epochs {sum(r['train_seconds']) + sum(r['eval_seconds']):.1f} s)")
+    plain = None
+    if args.plain_epochs and any(v["strategy"] == "last_block" for v in params.variants().values()):
+        plain = run_variant(load_params(workdir / "params.yaml"), next(
+            n for n, v in params.variants().items() if v["strategy"] == "last_block"), args.plain_epochs, log,
+            reuse=False)
+    n_train, n_val = grid[0]["n_train"], grid[0]["n_val"]
+    amp = grid[0]["amp"]
+    strategies = sorted({r["strategy"] for r in grid})
+    ceil = ceilings(resolved_weights(params), int(params.get("base.seed")), args.size, args.batch, amp, device,
+                    strategies, bool(params.get("train.frozen_dropout")),
+                    bool(params.get("train.channels_last")), steps=args.ceiling_steps)
+
+    def epoch_rate(r):  # the epochs after the first: steady state (all, with one epoch)
+        secs = [a + b for a, b in zip(r["train_seconds"], r["eval_seconds"])]
+        secs = secs[1:] or secs
+        return (r["n_train"] + r["n_val"]) * len(secs) / sum(secs)
+
+    phases = {}
+    if plain is not None:
+        phases["plain_last_block"] = (epoch_rate(plain), epoch_ceiling(ceil["plain_last_block"], n_train, n_val))
+    builders = [r for r in grid if r["extract_seconds"] > 0]
+    if builders:
+        phases["extract"] = ((2 * n_train + n_val) / builders[0]["extract_seconds"], ceil["extract"]["forward"])
+    for s in strategies:
+        runs = [r for r in grid if r["strategy"] == s]
+        key = f"reuse_{s}" if runs[0]["mode"] == "cache" else f"recompute_{s}"
+        rate = sum(map(epoch_rate, runs)) / len(runs)
+        phases[key] = (rate, epoch_ceiling(ceil[f"reuse_{s}"] if runs[0]["mode"] == "cache"
+                                           else ceil[f"plain_{s}"], n_train, n_val))
+    grid_seconds = sum(r["seconds"] for r in grid)
+    lines = [f"devcheck: {args.images} images at {args.size}x{args.size}, batch {args.batch}, {amp}, "
+             f"{n_train} train + {n_val} val, {args.epochs} epochs; device {device} ({gpu or 'no GPU'})",
+             f"{'phase':26s}{'images/s':>10s}{'ceiling':>10s}{'ratio':>8s}", *ceiling_lines(phases),
+             f"seed grid (4 variants x {args.epochs} epochs, decode and cache build included): {grid_seconds:.1f} s",
+             *(f"  {r['variant']:20s}{r['seconds']:8.1f} s  {r['mode']}" for r in grid)]
+    if plain is not None:
+        lines.append(f"  plain last_block x {args.plain_epochs}: {plain['seconds']:.1f} s")
+    summary = {"gpu": gpu, "device": str(device), "torch": torch.__version__, "images": args.images,
+               "image_size": args.size, "batch": args.batch, "amp": amp, "epochs": args.epochs,
+               "grid_seconds": round(grid_seconds, 2),
+               "peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if gpu else None,
+               **{f"{p}_images_per_s": round(a, 1) for p, (a, _) in phases.items()},
+               **{f"{p}_ceiling": round(c, 1) for p, (_, c) in phases.items()},
+               **{f"{p}_ratio_to_ceiling": round(a / c, 3) for p, (a, c) in phases.items()},
+               "variants": [{k: r[k] for k in ("variant", "mode", "seconds", "prepare_seconds", "extract_seconds",
+                                               "decode_seconds", "train_seconds", "eval_seconds", "history")}
+                            for r in grid]}
+    print("\n".join(lines))
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/devcheck", help="scratch folder (emptied first)")
+    parser.add_argument("--images", type=int, default=27000)
+    parser.add_argument("--distinct", type=int, default=600, help="distinct synthetic faces generated")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--plain-epochs", type=int, default=2, help="epochs of the plain last_block loop (0: none)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", default="auto")
+    parser.add_argument("--workers", default="auto")
+    parser.add_argument("--frozen-features", default="auto")
+    parser.add_argument("--ceiling-steps", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--variants", help="comma-separated subset of train.variants (default: all four)")
+    parser.add_argument("--json", help="also write the JSON summary here")
+    args = parser.parse_args(argv)
+    if args.workers != "auto":
+        args.workers = int(args.workers)
+    summary = check(args)
+    if args.json:
+        write_json(Path(args.json), summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "variants"}))
+
+
+if __name__ == "__main__":
+    run_main(main)
