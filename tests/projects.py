@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,33 @@ def new_project(root: Path, overrides: dict | None = None) -> Path:
     shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # dvc.yaml's plot template
     sh("git add -A && git commit -qm init", root)
     return root
+
+
+def copy_project(src: Path, dst: Path) -> Path:
+    """An independent copy of a project that ran ``dvc repro`` (git, DVC cache, outputs, MLflow
+    store): cheaper than a second repro, for a test that changes things.
+
+    The SQLite store holds absolute paths (each experiment's artifact root, each run's artifact
+    URI, each model version's source): left alone, the copy's new runs would write their
+    artifacts into ``src``. Every text cell of every table that names ``src`` is rewritten to
+    name ``dst``; none may still name ``src`` afterwards."""
+    shutil.copytree(src, dst, symlinks=True)
+    old, new = str(src), str(dst)
+    db = sqlite3.connect(dst / "mlflow.db")
+    try:
+        cells = [(table, column) for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                 for column in [c[1] for c in db.execute(f'PRAGMA table_info("{table}")')]]
+        for table, column in cells:
+            db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                       f"WHERE typeof(\"{column}\") = 'text' AND instr(\"{column}\", ?) > 0", (old, new, old))
+        db.commit()
+        for table, column in cells:
+            left = db.execute(f"SELECT count(*) FROM \"{table}\" WHERE typeof(\"{column}\") = 'text' "
+                              f'AND instr("{column}", ?) > 0', (old,)).fetchone()[0]
+            assert not left, f"{dst / 'mlflow.db'}: {table}.{column} still names {old}"
+    finally:
+        db.close()
+    return dst
 
 
 def free_port() -> int:

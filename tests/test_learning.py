@@ -7,6 +7,7 @@ Every other training test compares runs with each other (plain vs reuse, rerun, 
 import pytest
 
 from pipeline import select, split, train
+from pipeline.synthetic import generate_from_params
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +40,7 @@ def test_the_selected_variant_learns_and_last_block_is_not_worse_than_head_only(
     every variant predicts as initialised and scores the majority class or less.
     """
     params = make_params(CONFIG)
+    generate_from_params(params)
     summary = split.split(params)
     val = summary["val"]
     majority = max(val["male"], val["female"]) / val["images"]

@@ -20,7 +20,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
-from projects import env, free_port, new_project, sh, stages_run, stop_group
+from pipeline.config import load_params
+from pipeline.data import CLASS_NAMES
+from projects import copy_project, env, free_port, new_project, sh, stages_run, stop_group
 
 pytestmark = pytest.mark.slow
 SHRUNK = {"data.synthetic.images": 80, "train.epochs": 2}
@@ -28,9 +30,17 @@ SHRUNK = {"data.synthetic.images": 80, "train.epochs": 2}
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
+    """One `dvc repro`, shared by the tests below; a test that changes the project works on
+    its own copy (:func:`own_copy`), so each test passes alone and in any order."""
     root = new_project(tmp_path_factory.mktemp("project"), SHRUNK)
     proc = sh(["dvc", "repro"], root)
     yield root, proc.stdout
+
+
+@pytest.fixture
+def own_copy(project, tmp_path):
+    """A copy of the repro'd project for a test that edits it or re-runs stages."""
+    return copy_project(project[0], tmp_path / "copy")
 
 
 def test_repro_runs_every_stage_once(project):
@@ -99,6 +109,9 @@ def test_evaluate_accuracy_matches_confusion_csv_and_mlflow(project):
     assert list(cm.columns) == ["actual", "predicted"] and len(cm) == metrics["n_test"]
     assert set(cm["actual"]) <= {"female", "male"}
     assert metrics["accuracy"] == pytest.approx((cm["actual"] == cm["predicted"]).mean())
+    # `actual` comes from the test split's labels, row for row, not from the predictions
+    test = pd.read_csv(load_params(root / "params.yaml").path("split.dir") / "test.csv")
+    assert cm["actual"].tolist() == [CLASS_NAMES[label] for label in test["label"]]
     for cls in ("female", "male", "macro"):
         assert set(metrics[cls]) == {"precision", "recall", "f1"}
     assert (root / "metrics" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
@@ -129,8 +142,8 @@ def test_exp_show_has_params_and_metrics(project):
     assert "accuracy" in metrics["metrics/evaluate.json"]["data"]
 
 
-def test_second_repro_changes_nothing_and_one_lr_edit_reruns_narrowly(project):
-    root, _ = project
+def test_second_repro_changes_nothing_and_one_lr_edit_reruns_narrowly(own_copy):
+    root = own_copy
     assert stages_run(sh(["dvc", "repro"], root).stdout) == []
     params_file = root / "params.yaml"
     raw = yaml.safe_load(params_file.read_text())
@@ -139,9 +152,10 @@ def test_second_repro_changes_nothing_and_one_lr_edit_reruns_narrowly(project):
     assert stages_run(sh(["dvc", "repro"], root).stdout) == ["train@head_only-lr1e-3", "select", "evaluate"]
 
 
-def test_code_only_change_retrains_and_moves_the_champion_to_the_new_runs(project):
+def test_code_only_change_retrains_and_moves_the_champion_to_the_new_runs(own_copy, project):
     """Deterministic training reproduces the same metrics; select must still take the new runs."""
-    root, _ = project
+    root = own_copy
+    original_artifacts = sorted((project[0] / "mlartifacts").rglob("*"))
     before = json.loads((root / "models" / "best.json").read_text())
     metrics_before = (root / "metrics" / "evaluate.json").read_text()
     with open(root / "pipeline" / "serving.py", "a") as f:
@@ -153,6 +167,7 @@ def test_code_only_change_retrains_and_moves_the_champion_to_the_new_runs(projec
     assert after["variant"] == before["variant"] and after["best_val_acc"] == before["best_val_acc"]
     assert after["run_id"] != before["run_id"] and after["version"] == before["version"] + 1
     assert (root / "metrics" / "evaluate.json").read_text() == metrics_before
+    assert sorted((project[0] / "mlartifacts").rglob("*")) == original_artifacts  # the copy wrote its own
 
 
 # --- In a browser: MLflow's UI and the HTML of `dvc plots show`, in Debian's headless Chromium ----
@@ -213,7 +228,7 @@ def _mlflow_ui(root: Path, log: Path):
         stop_group(proc, timeout=15)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it "
+@pytest.mark.needs(CHROMIUM is not None, reason="Debian's chromium is not installed (.ci/run installs it "
                                              "with apt-get when it can)")
 def test_browser_mlflow_ui_lists_the_runs_and_dvc_plots_holds_the_charts(project, tmp_path):
     """MLflow's UI lists the four variants and `evaluate`; `dvc plots show` has both curves and the

@@ -14,6 +14,7 @@ from torch import nn
 from pipeline import bench, devcheck, frozen, resident, split
 from pipeline.data import FaceDataset, epoch_flips, make_loader, read_split
 from pipeline.engine import evaluate, evaluate_batches, progress, train_epoch, train_one_epoch
+from pipeline.synthetic import generate_from_params
 
 CPU = torch.device("cpu")
 def quiet(message):
@@ -23,6 +24,7 @@ def quiet(message):
 def test_decoded_images_are_facedatasets_tensors_bitwise(make_params):
     """uint8 cache -> flip and normalisation on whole batches == FaceDataset's PIL path, bit for bit."""
     params = make_params()
+    generate_from_params(params)
     split.split(params)
     frames = {s: read_split(params.path("split.dir"), s) for s in ("train", "val")}
     images = resident.ensure_images(params, frames, 0, quiet)
@@ -152,6 +154,7 @@ def test_train_stage_trims_the_cache_to_its_budget(make_params):
     """A tiny budget: the stage's own entries stay, an older unused one goes."""
     params = make_params({"train.cache_budget_gb": 1e-6, "train.variants": {"h": {"strategy": "head_only",
                                                                                    "lr": 0.001}}})
+    generate_from_params(params)
     split.split(params)
     stale = _entry(params.path("train.feature_cache"), "0123456789abcdef0123", 5000, time.time() - 3600)
     from pipeline.model import build_model, set_strategy
@@ -213,6 +216,7 @@ def test_recomputed_prefix_trains_like_the_cache(make_params):
     """frozen_features: recompute (no feature cache) gives the cached path's numbers."""
     base = {"train.variants": {"h": {"strategy": "head_only", "lr": 0.001}}, "data.synthetic.images": 40}
     cache = make_params(base)
+    generate_from_params(cache)
     split.split(cache)
     a = devcheck.run_variant(cache, "h", 1, quiet)
     recompute = make_params({**base, "train.frozen_features": "recompute"})
@@ -227,6 +231,7 @@ def test_recomputed_prefix_trains_like_the_cache(make_params):
 def test_bf16_features_are_stored_in_half_the_bytes(make_params):
     params = make_params({"train.amp": "bf16", "data.synthetic.images": 40,
                           "train.variants": {"h": {"strategy": "head_only", "lr": 0.001}}})
+    generate_from_params(params)
     split.split(params)
     from pipeline.model import build_model
 

@@ -2,56 +2,57 @@
 ``dvc repro``: same MLflow run, each epoch logged once, the uninterrupted run's exact metrics."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from pipeline import frozen, split, train
 from pipeline.train import RESUME_DIR, RESUME_FILE, TAG_RESUMED, log_missing_epochs
+from pipeline.synthetic import generate_from_params
 from projects import env, new_project, sh, stages_run
 
 VARIANT = "last_block-lr1e-4"
 STAGE = f"train@{VARIANT}"
-CONFIG = {  # plain loop, so an epoch lasts long enough (about a second) to be killed in
-    "data.synthetic.images": 150, "train.epochs": 3, "train.reuse_frozen": False,
-    "train.variants": {VARIANT: {"strategy": "last_block", "lr": 0.0001}},
-}
+CONFIG = {"data.synthetic.images": 100, "train.epochs": 3,
+          "train.variants": {VARIANT: {"strategy": "last_block", "lr": 0.0001}}}
+PAUSE = Path(__file__).parent / "helpers" / "pause_after_epoch"  # its sitecustomize.py
 
 
 def read_state(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - being replaced right now
-        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def kill_after_first_epoch(root) -> dict:
-    """Start the stage (forced), SIGKILL dvc and its children once epoch 1 is saved."""
+def kill_after_first_epoch(root, tmp_path) -> dict:
+    """Start the stage (forced); it pauses once epoch 1 is saved and logged (PAUSE's
+    sitecustomize); then SIGKILL dvc and its children. No timing window: the stage waits."""
     state_file = root / "models" / VARIANT / RESUME_DIR / RESUME_FILE
-    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", STAGE], cwd=root, env=env(), start_new_session=True,
+    marker = tmp_path / "paused-after-epoch-1"
+    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", STAGE], cwd=root, start_new_session=True,
+                            env=env(PYTHONPATH=str(PAUSE), PAUSE_AFTER_EPOCH="1", PAUSE_MARKER=str(marker)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            state = read_state(state_file) if state_file.is_file() else None
-            if state is not None and state["epoch"] >= 1:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return state
-            time.sleep(0.02)
+        deadline = time.monotonic() + 600  # a generous bound on a hang, not a measured window
+        while not marker.exists():
+            assert proc.poll() is None, f"the stage exited ({proc.returncode}) before pausing after epoch 1"
+            assert time.monotonic() < deadline, "the stage did not reach the end of epoch 1 in 600 s"
+            time.sleep(0.2)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError("the stage finished or timed out before a resume state appeared")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return read_state(state_file)
 
 
 @pytest.mark.slow
-def test_killed_stage_resumes_and_matches_an_uninterrupted_run(tmp_path):
-    root = new_project(tmp_path / "project", CONFIG)
+@pytest.mark.parametrize("reuse_frozen", [True, False], ids=["reuse-frozen", "plain-loop"])
+def test_killed_stage_resumes_and_matches_an_uninterrupted_run(tmp_path, reuse_frozen):
+    root = new_project(tmp_path / "project", {**CONFIG, "train.reuse_frozen": reuse_frozen})
     sh(["dvc", "repro", STAGE], root)  # the uninterrupted reference
     metrics_file = root / "metrics" / "train" / f"{VARIANT}.json"
     history_file = root / "metrics" / "history" / f"{VARIANT}.csv"
@@ -59,20 +60,23 @@ def test_killed_stage_resumes_and_matches_an_uninterrupted_run(tmp_path):
     work = root / "models" / VARIANT / RESUME_DIR
     assert not work.exists(), "a finished stage leaves no resume state"
 
-    state = kill_after_first_epoch(root)
-    assert 1 <= state["epoch"] < 3 and work.is_dir()
+    state = kill_after_first_epoch(root, tmp_path)
+    assert state["epoch"] == 1 and work.is_dir()
     killed_run = state["run_id"]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert client.get_run(killed_run).info.status == "RUNNING"  # killed, not ended
+    assert [m.step for m in client.get_metric_history(killed_run, "val_acc")] == [1]  # the epoch logged
 
     out = sh(["dvc", "repro", STAGE], root).stdout
     assert stages_run(out) == [STAGE]
-    assert f"resuming MLflow run {killed_run} after epoch {state['epoch']} of 3" in out
+    assert f"resuming MLflow run {killed_run} after epoch 1 of 3" in out
     assert (metrics_file.read_text(), history_file.read_text()) == reference
     assert json.loads((root / "models" / VARIANT / "run.json").read_text())["run_id"] == killed_run
     assert not work.exists()
 
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     run = client.get_run(killed_run)
-    assert run.info.status == "FINISHED" and run.data.tags[TAG_RESUMED] == str(state["epoch"])
+    assert run.info.status == "FINISHED" and run.data.tags[TAG_RESUMED] == "1"
+    assert run.data.params["reuse_frozen"] == str(reuse_frozen)
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         assert [m.step for m in client.get_metric_history(killed_run, key)] == [1, 2, 3], key
     assert {a.path for a in client.list_artifacts(killed_run, "checkpoints")} == \
@@ -82,6 +86,76 @@ def test_killed_stage_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert "resuming" not in forced
     assert json.loads((root / "models" / VARIANT / "run.json").read_text())["run_id"] != killed_run
     assert (metrics_file.read_text(), history_file.read_text()) == reference
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL in the middle of epoch 2 (in-process: the resume state of epoch 1 stays)."""
+
+
+def test_a_resume_state_made_with_other_settings_data_or_code_is_ignored(make_params, tmp_path, monkeypatch,
+                                                                        capsys):
+    """A run dies in epoch 2 and leaves epoch 1's resume state. The next run resumes it only if
+    the lr, the split's data and the code are as they were; else it says so and starts over: a
+    new MLflow run from epoch 1. (Each next run is stopped at its first save: where it started is
+    all this checks; test_killed_stage_resumes_... runs a resume to the end.)"""
+    variant = "head_only-lr1e-3"
+    base = {"train.epochs": 2, "train.variants": {variant: {"strategy": "head_only", "lr": 0.001}}}
+    params = make_params(base)
+    generate_from_params(params)
+    split.split(params)
+    real_save = train.save_resume
+    saved = []
+
+    def save_then_die(work, state):  # a SIGKILL right after the save, in-process
+        if state["epoch"] == 2 or saved:
+            raise Killed
+        saved.append(state)
+        real_save(work, state)
+
+    monkeypatch.setattr(train, "save_resume", save_then_die)
+    with pytest.raises(Killed):
+        train.train(params, variant)
+    work = params.path("train.models_dir") / variant / RESUME_DIR
+    killed = read_state(work / RESUME_FILE)
+    assert killed["epoch"] == 1
+    backup = shutil.copytree(work, tmp_path / "resume-backup")
+    ignored = f"{work / RESUME_FILE}: made with other settings, data or code; training from scratch"
+    train_csv = params.path("split.dir") / "train.csv"
+    original_csv = train_csv.read_bytes()
+
+    for change in ("nothing", "lr", "data", "code"):
+        shutil.rmtree(work)
+        shutil.copytree(backup, work)
+        capsys.readouterr()
+        saved.clear()
+        with monkeypatch.context() as patch:
+            run_params = params
+            if change == "lr":
+                run_params = make_params({**base, "train.variants": {variant: {"strategy": "head_only", "lr": 0.002}}})
+            elif change == "data":  # one training image fewer
+                train_csv.write_text("".join(train_csv.read_text().splitlines(keepends=True)[:-1]))
+            elif change == "code":  # the same package with engine.py edited (the resume digest reads it)
+                code = tmp_path / "code"
+                code.mkdir()
+                for module in Path(frozen.__file__).parent.glob("*.py"):
+                    (code / module.name).write_bytes(module.read_bytes())
+                with open(code / "engine.py", "a") as f:
+                    f.write("\n# edited\n")
+                patch.setattr(frozen, "__file__", str(code / "frozen.py"))
+            patch.setattr(train, "save_resume", lambda w, state: (saved.append(state), (_ for _ in ()).throw(Killed)))
+            with pytest.raises(Killed):
+                train.train(run_params, variant)
+        out = capsys.readouterr().out
+        (first,) = saved
+        if change == "nothing":  # the control: the same state is resumed
+            assert ignored not in out and f"resuming MLflow run {killed['run_id']} after epoch 1 of 2" in out, out
+            assert (first["epoch"], first["run_id"]) == (2, killed["run_id"])
+        else:
+            assert ignored in out and "resuming" not in out, (change, out)
+            assert first["epoch"] == 1 and first["run_id"] != killed["run_id"], change
+            assert [m.step for m in MlflowClient().get_metric_history(first["run_id"], "val_acc")] == [], change
+        train_csv.write_bytes(original_csv)
+        make_params(base)
 
 
 def test_resume_logs_only_the_epochs_mlflow_lacks(tmp_path):
