@@ -101,7 +101,7 @@ def test_login_required_user_lands_wrong_password_stops_at_once(tmp_path):
         assert (server_dir / "basic_auth.db").is_file()
         assert request(uri, search, USER, WRONG)[0] == 401
 
-        # a wrong password: split runs (no MLflow), train@ stops at its preflight, nothing is logged
+        # a wrong password: generate and split run (no MLflow), train@ stops at its preflight, nothing is logged
         started = time.monotonic()
         bad = sh(["dvc", "repro"], root, check=False, MLFLOW_TRACKING_URI=uri,
                  MLFLOW_TRACKING_USERNAME=USER, MLFLOW_TRACKING_PASSWORD=WRONG)
@@ -112,7 +112,7 @@ def test_login_required_user_lands_wrong_password_stops_at_once(tmp_path):
         assert errors == [f"error: MLflow tracking server {uri} refused the login of user '{USER}' (HTTP 401): "
                           "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"], bad.stdout + bad.stderr
         assert "Traceback" not in bad.stdout + bad.stderr
-        assert stages_run(bad.stdout) == ["split", f"train@{VARIANT}"]
+        assert stages_run(bad.stdout) == ["generate", "split", f"train@{VARIANT}"]
         assert not (root / "models" / VARIANT / "run.json").exists()
         status, body = request(uri, search, "admin", ADMIN_PASSWORD)
         assert status == 200 and [e["name"] for e in body["experiments"]] == ["Default"], body
