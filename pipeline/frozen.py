@@ -49,7 +49,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset
 
 from pipeline.config import Params, PipelineError, load_params, run_main, write_json
 from pipeline import resident
@@ -135,35 +134,7 @@ class Tail(nn.Module):
         return self.rest(self.fc6(self.block(z)))
 
 
-# --- reading the cache ---------------------------------------------------------------
-
-class CachedFeatures(Dataset):
-    """``(features, label)`` of a split; training sets pick the orientation of each sample
-    from the same :func:`pipeline.data.epoch_flips` the image loader uses."""
-
-    def __init__(self, array: np.ndarray, labels: torch.Tensor, train: bool = False, seed: int = 0):
-        self.array, self.labels, self.train, self.seed = array, labels, train, seed
-        self.flips = torch.zeros(len(labels), dtype=torch.bool)
-
-    def set_epoch(self, epoch: int) -> None:
-        from pipeline.data import epoch_flips
-
-        if self.train:
-            self.flips = epoch_flips(len(self.labels), self.seed, epoch)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, idx: int):
-        view = self.array[int(self.flips[idx]), idx] if self.train else self.array[0, idx]
-        return torch.from_numpy(np.array(view)), self.labels[idx]
-
-
 # --- building the cache --------------------------------------------------------------
-
-def _hash_file(h, path: Path) -> None:
-    resident.hash_file(h, path)
-
 
 def weights_id(params: Params) -> str:
     weights = str(params.get("model.weights"))
@@ -175,7 +146,7 @@ def weights_id(params: Params) -> str:
     if not path.is_file():
         return f"missing:{path}"  # build_model reports it
     h = hashlib.blake2b(digest_size=16)
-    _hash_file(h, path)
+    resident.hash_file(h, path)
     return f"{weights}:{h.hexdigest()}"
 
 
@@ -329,13 +300,6 @@ def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=pri
         result["extract_seconds"] = time.perf_counter() - started
         log(f"feature cache: built in {result['extract_seconds']:.1f} s (decoding included)")
     return result
-
-
-def open_split(entry: Path, layer: str, split: str, labels: torch.Tensor, train: bool, seed: int) -> CachedFeatures:
-    array = np.load(_files(entry, layer)[split], mmap_mode="r", allow_pickle=False)
-    if array.shape[1] != len(labels):
-        raise PipelineError(f"{_files(entry, layer)[split]}: holds {array.shape[1]} rows, split has {len(labels)}")
-    return CachedFeatures(array, labels, train=train, seed=seed)
 
 
 def main(argv=None) -> None:
