@@ -146,8 +146,7 @@ def write_mode_params(src: Path, folder: Path, split_dir: Path, reuse: bool, epo
     raw["train"]["reuse_frozen"] = reuse
     if epochs:
         raw["train"]["epochs"] = epochs
-    if str(raw["model"]["weights"]) not in ("none", "imagenet"):
-        raw["model"]["weights"] = str(params.path("model.weights"))
+    raw["model"]["weights"] = params.weights()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -158,7 +157,7 @@ def run_metrics(params_path: Path, variant: str) -> dict:
     from mlflow.tracking import MlflowClient
 
     params = load_params(params_path)
-    run_id = json.loads((params.path("train.models_dir") / variant / "run.json").read_text())["run_id"]
+    run_id = json.loads(params.run_file(variant).read_text())["run_id"]
     client = MlflowClient(str(params.get("base.mlflow.tracking_uri")))
     hist = {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
             for k in ("epoch_seconds", "val_loss", "val_acc", "extract_seconds", "feature_cache_mb")}
@@ -204,9 +203,8 @@ def gpu_ceilings(params_path: Path, split_dir: Path) -> dict:
     print("  ceilings: the same networks on synthetic inputs already on the GPU ...", file=sys.stderr, flush=True)
     sizes = {s: sum(1 for _ in open(split_dir / f"{s}.csv")) - 1 for s in ("train", "val")}
     strategies = sorted({v["strategy"] for v in params.variants().values()})
-    from pipeline.train import resolved_weights
 
-    c = ceilings(resolved_weights(params), int(params.get("base.seed")), int(params.get("data.image_size")),
+    c = ceilings(params.weights(), int(params.get("base.seed")), int(params.get("data.image_size")),
                  int(params.get("train.batch_size")), resolve_amp(params.get("train.amp"), device), device,
                  strategies, bool(params.get("train.frozen_dropout")), bool(params.get("train.channels_last")))
     return {"gpu": torch.cuda.get_device_name(device), "sizes": sizes, "ceilings": c}

@@ -65,6 +65,17 @@ class Params:
         p = Path(os.path.expanduser(str(self.get(dotted))))
         return p if p.is_absolute() else self.shared_root() / p
 
+    def weights(self) -> str:
+        """``model.weights``: ``none``, ``imagenet`` or a state-dict path made absolute (the one
+        place it is resolved: checkpoints and cache keys outlive the working directory)."""
+        weights = str(self.get("model.weights"))
+        return weights if weights in ("none", "imagenet") else str(self.path("model.weights"))
+
+    def run_file(self, variant: str) -> Path:
+        """What ``train@<variant>`` hands to ``select``: its MLflow run id and model URI, in a
+        folder of their own (``train.runs_dir``), the one dependency of select on training."""
+        return self.path("train.runs_dir") / f"{variant}.json"
+
     def variants(self) -> dict[str, dict]:
         return self.get("train.variants")
 
@@ -186,7 +197,7 @@ def validate(p: Params) -> None:
           f"train.frozen_features must be one of {', '.join(FROZEN_FEATURES)}, got {_got(mode)}")
     budget = p.get("train.cache_budget_gb")
     check(_is_number(budget) and budget > 0, f"train.cache_budget_gb must be a positive number, got {_got(budget)}")
-    for key in ("split.dir", "train.feature_cache", "train.models_dir", "train.metrics_dir", "train.history_dir", "select.output", "select.curves",
+    for key in ("split.dir", "train.feature_cache", "train.models_dir", "train.runs_dir", "train.metrics_dir", "train.history_dir", "select.output", "select.curves", "select.metrics",
                 "evaluate.metrics", "evaluate.confusion_csv", "evaluate.confusion_png"):
         check_str(key)
     variants = p.variants()

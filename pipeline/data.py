@@ -40,6 +40,7 @@ OFFICIAL, KAGGLE = "official", "kaggle"
 ID_COLUMN = "image_id"  # Kaggle CSV's id column
 LABEL_ATTR = "Male"
 CLASS_NAMES = ("female", "male")  # label 0, label 1
+THRESHOLD = 0.5  # the decision: "male" when P(male) > THRESHOLD (train, evaluate, predict)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

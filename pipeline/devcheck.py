@@ -69,12 +69,6 @@ def write_params(workdir: Path, args) -> Path:
     return path
 
 
-def resolved_weights(params) -> str:
-    """``model.weights`` as :func:`pipeline.train.resolved_weights` gives it (that module needs MLflow)."""
-    weights = str(params.get("model.weights"))
-    return weights if weights in ("none", "imagenet") else str(params.path("model.weights"))
-
-
 def _sync(device) -> None:
     import torch
 
@@ -98,7 +92,7 @@ def run_variant(params, name: str, epochs: int, log=print, reuse: bool | None = 
     channels_last = bool(params.get("train.channels_last")) and device.type == "cuda"
     if reuse is not None:
         params.raw["train"]["reuse_frozen"] = reuse
-    model = build_model(resolved_weights(params), seed, params.root)
+    model = build_model(params.weights(), seed, params.root)
     set_strategy(model, spec["strategy"])
     model.to(device)
     if channels_last:
@@ -168,7 +162,7 @@ def check(args) -> dict:
     n_train, n_val = grid[0]["n_train"], grid[0]["n_val"]
     amp = grid[0]["amp"]
     strategies = sorted({r["strategy"] for r in grid})
-    ceil = ceilings(resolved_weights(params), int(params.get("base.seed")), args.size, args.batch, amp, device,
+    ceil = ceilings(params.weights(), int(params.get("base.seed")), args.size, args.batch, amp, device,
                     strategies, bool(params.get("train.frozen_dropout")),
                     bool(params.get("train.channels_last")), steps=args.ceiling_steps)
 

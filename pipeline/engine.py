@@ -12,6 +12,7 @@ counts stay on the device and come back once per epoch.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pipeline.config import PipelineError
+from pipeline.data import THRESHOLD
+
+LOGIT_THRESHOLD = math.log(THRESHOLD / (1 - THRESHOLD))  # sigmoid(z) > THRESHOLD <=> z > this (0.0)
 
 
 def progress(iterable, desc: str, leave: bool = False):
@@ -81,7 +85,7 @@ class _Sums:
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         self.loss += loss.detach().double()
-        self.correct += ((logits.detach() > 0).float() == y).sum()
+        self.correct += ((logits.detach() > LOGIT_THRESHOLD).float() == y).sum()
         self.seen += len(y)
 
     def result(self) -> dict:
@@ -143,7 +147,7 @@ def evaluate_batches(net: nn.Module, source, batch_size: int, device: torch.devi
 
 
 def _eval_result(total_loss: float, labels_arr: np.ndarray, probs_arr: np.ndarray) -> dict:
-    preds = (probs_arr > 0.5).astype(int)
+    preds = (probs_arr > THRESHOLD).astype(int)
     return {"loss": total_loss / len(labels_arr), "acc": float((preds == labels_arr).mean()),
             "labels": labels_arr, "preds": preds, "probs": probs_arr}
 

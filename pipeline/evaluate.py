@@ -7,11 +7,11 @@ Usage::
 Loads the model version that ``select`` registered (``models:/<name>/<version>`` from
 ``select.output``: the self-contained champion the registry serves) and predicts the test split
 through its pyfunc interface, as ``mlflow models serve`` does: the image files' bytes in, the
-preprocessing inside the model. Writes ``evaluate.metrics`` (accuracy;
-precision, recall, F1 per class and macro, from scikit-learn), ``evaluate.confusion_csv``
+preprocessing inside the model. Writes ``evaluate.metrics`` (accuracy and the number of test
+images: what ``dvc exp show`` compares), ``evaluate.confusion_csv``
 (``actual,predicted`` per test image, for DVC's confusion template) and
-``evaluate.confusion_png``. Logs all of it to an MLflow run named ``evaluate``, a child of
-the selected training run.
+``evaluate.confusion_png``. Logs all of it, and precision, recall and F1 per class and macro
+(scikit-learn), to an MLflow run named ``evaluate``, a child of the selected training run.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from pipeline import serving, tracking
 from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
-from pipeline.data import CLASS_NAMES, FaceDataset, read_split
+from pipeline.data import CLASS_NAMES, THRESHOLD, FaceDataset, read_split
 from pipeline.engine import resolve_device
 
 
@@ -79,7 +79,7 @@ def evaluate(params: Params) -> dict:
         model.predict(pd.DataFrame({serving.INPUT_COLUMN: [p.read_bytes() for p in paths[i:i + batch]]}))
         for i in range(0, len(paths), batch)])
     labels = test_ds.labels.numpy().astype(int)
-    preds = (probs > 0.5).astype(int)
+    preds = (probs > THRESHOLD).astype(int)
     metrics = report(labels, preds)
     cm = confusion_matrix(labels, preds, labels=[0, 1])
     names = np.array(CLASS_NAMES)
@@ -103,7 +103,7 @@ def evaluate(params: Params) -> dict:
                                f"test: {best['variant']} (acc {metrics['accuracy']:.3f})",
                                save_png=params.path("evaluate.confusion_png"))
     atomic_write(csv_path, lambda t: confusion.to_csv(t, index=False))
-    write_json(params.path("evaluate.metrics"), metrics)
+    write_json(params.path("evaluate.metrics"), {k: metrics[k] for k in ("accuracy", "n_test")})  # the rest: MLflow
     return {**metrics, "variant": best["variant"]}
 
 

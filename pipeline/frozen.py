@@ -20,7 +20,7 @@ Cached layers (``layer_for``):
   logistic regression on cached vectors.
 
 fc6 reads ``AdaptiveAvgPool2d((7, 7))`` of pool5. Below 224x224 pool5 is smaller than 7x7,
-the pooling is a fixed linear map, and for ``head_only`` :class:`FoldedFC6` folds it into
+the pooling is a fixed linear map, and for ``head_only`` :class:`pipeline.model.FoldedFC6` folds it into
 fc6's weights (25,088 -> 512*s*s inputs: 12x fewer at 64x64): exact algebra, equal to the
 plain loop up to float rounding (~1e-7).
 
@@ -53,12 +53,12 @@ from torch.nn import functional as F
 from pipeline.config import Params, PipelineError, load_params, run_main, write_json
 from pipeline import resident
 from pipeline.data import read_split
-from pipeline.model import LAST_BLOCK
+from pipeline.model import LAST_BLOCK, FoldedFC6
+from pipeline.stages import code_digest
 
 FORMAT = 1
 LAYERS = ("pool4", "pool5", "fc7")  # in network order
 POOL4_END = LAST_BLOCK[0]  # features[:24] ends with pool4
-CODE_FILES = ("data.py", "model.py", "frozen.py", "resident.py")
 
 
 def layer_for(strategy: str, frozen_dropout: bool = True) -> str:
@@ -84,26 +84,6 @@ def needed_layers(params: Params) -> list[str]:
 
 
 # --- the network after a cached layer ----------------------------------------------
-
-class FoldedFC6(nn.Module):
-    """``fc6(flatten(avgpool(z)))`` as one linear map of ``flatten(z)`` (fc6 frozen).
-
-    ``AdaptiveAvgPool2d((7, 7))`` of an ``s x s`` map (s < 7) is ``pooled = A @ z`` per
-    channel, with ``A`` of shape (49, s*s); fc6's weight (4096, 512*49) times ``A`` per
-    channel gives a (4096, 512*s*s) weight, computed once in float64.
-    """
-
-    def __init__(self, avgpool: nn.AdaptiveAvgPool2d, fc6: nn.Linear, s: int):
-        super().__init__()
-        basis = torch.eye(s * s, dtype=torch.float64).view(s * s, 1, s, s)
-        a = avgpool(basis).reshape(s * s, -1).T  # (49, s*s)
-        w = fc6.weight.detach().double().view(fc6.out_features, 512, a.shape[0])
-        self.register_buffer("weight", torch.einsum("ocq,qp->ocp", w, a).reshape(fc6.out_features, -1).float())
-        self.register_buffer("bias", fc6.bias.detach().clone())
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return F.linear(torch.flatten(z, 1), self.weight, self.bias)
-
 
 class Tail(nn.Module):
     """The part of ``model`` after a cached layer. It shares the model's parameters, so the
@@ -142,21 +122,12 @@ def weights_id(params: Params) -> str:
         return f"none:seed={params.get('base.seed')}"
     from pipeline.model import imagenet_cache_file
 
-    path = imagenet_cache_file() if weights == "imagenet" else params.path("model.weights")
+    path = imagenet_cache_file() if weights == "imagenet" else Path(params.weights())
     if not path.is_file():
         return f"missing:{path}"  # build_model reports it
     h = hashlib.blake2b(digest_size=16)
     resident.hash_file(h, path)
     return f"{weights}:{h.hexdigest()}"
-
-
-def code_digest(names) -> str:
-    """A digest of the named modules of this package (what a cached value was computed by)."""
-    here = Path(__file__).resolve().parent
-    h = hashlib.blake2b(digest_size=16)
-    for name in names:
-        h.update((here / name).read_bytes())
-    return h.hexdigest()
 
 
 def cache_key(params: Params, frames: dict[str, pd.DataFrame], device: torch.device,
@@ -165,7 +136,7 @@ def cache_key(params: Params, frames: dict[str, pd.DataFrame], device: torch.dev
     :func:`pipeline.resident.images_digest` of ``frames``, when the caller has it already."""
     images = digest or resident.images_digest(params.dataset_root(), frames)
     parts = {"format": FORMAT, "weights": weights_id(params), "image_size": int(params.get("data.image_size")),
-             "images": images, "code": code_digest(CODE_FILES), "torch": torch.__version__,
+             "images": images, "code": code_digest("train"), "torch": torch.__version__,
              "device": device.type, "amp": resident.resolve_amp(params.get("train.amp"), device)}
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=10).hexdigest()
     return digest, parts

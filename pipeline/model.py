@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
@@ -139,3 +140,23 @@ def model_from_checkpoint(ckpt: dict, weights: str, seed: int, root: Path | None
         state[name] = value
     model.load_state_dict(state)
     return model.eval()
+
+
+class FoldedFC6(nn.Module):
+    """``fc6(flatten(avgpool(z)))`` as one linear map of ``flatten(z)`` (fc6 frozen).
+
+    ``AdaptiveAvgPool2d((7, 7))`` of an ``s x s`` map (s < 7) is ``pooled = A @ z`` per
+    channel, with ``A`` of shape (49, s*s); fc6's weight (4096, 512*49) times ``A`` per
+    channel gives a (4096, 512*s*s) weight, computed once in float64.
+    """
+
+    def __init__(self, avgpool: nn.AdaptiveAvgPool2d, fc6: nn.Linear, s: int):
+        super().__init__()
+        basis = torch.eye(s * s, dtype=torch.float64).view(s * s, 1, s, s)
+        a = avgpool(basis).reshape(s * s, -1).T  # (49, s*s)
+        w = fc6.weight.detach().double().view(fc6.out_features, 512, a.shape[0])
+        self.register_buffer("weight", torch.einsum("ocq,qp->ocp", w, a).reshape(fc6.out_features, -1).float())
+        self.register_buffer("bias", fc6.bias.detach().clone())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.linear(torch.flatten(z, 1), self.weight, self.bias)

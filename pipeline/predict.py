@@ -92,8 +92,10 @@ def read_image(path: str | Path) -> bytes:
 
 def _store_missing(uri: str) -> bool:
     """A local SQLite store whose file does not exist (MLflow would create an empty one)."""
-    prefix = "sqlite:///"
-    return uri.startswith(prefix) and not Path(uri[len(prefix):].split("?", 1)[0]).exists()
+    from pipeline.store import sqlite_path
+
+    db = sqlite_path(uri)
+    return db is not None and not db.exists()
 
 
 def _unwrap(uri: str, what: str):
@@ -199,8 +201,10 @@ def predict_batches(classifier, items, batch_size: int, on_error):
 
 
 def label_of(p_male: float) -> tuple[str, float]:
-    """``(label, P(label))``: male when P(male) > 0.5."""
-    return ("male", p_male) if p_male > 0.5 else ("female", 1.0 - p_male)
+    """``(label, P(label))``: male when P(male) > the decision threshold."""
+    from pipeline.data import THRESHOLD
+
+    return ("male", p_male) if p_male > THRESHOLD else ("female", 1.0 - p_male)
 
 
 def format_line(path: str, p_male: float, as_json: bool) -> str:

@@ -97,11 +97,11 @@ def images_digest(root: Path, frames: dict[str, pd.DataFrame]) -> str:
 def image_key(params: Params, frames: dict[str, pd.DataFrame], digest: str | None = None) -> tuple[str, dict]:
     from PIL import __version__ as pillow
 
-    from pipeline.frozen import code_digest
+    from pipeline.stages import code_digest
 
     parts = {"format": IMAGE_FORMAT, "image_size": int(params.get("data.image_size")),
              "images": digest or images_digest(params.dataset_root(), frames),
-             "code": code_digest(("data.py", "resident.py")), "pillow": pillow}
+             "code": code_digest("train"), "pillow": pillow}
     return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=10).hexdigest(), parts
 
 

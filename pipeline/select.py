@@ -4,15 +4,17 @@ Usage::
 
     python -m pipeline.select [--params params.yaml]
 
-Reads the run id each ``train@<variant>`` stage wrote (``<train.models_dir>/<variant>/run.json``),
+Reads the run id each ``train@<variant>`` stage wrote (``<train.runs_dir>/<variant>.json``),
 asks MLflow (not the local JSON) for each run's ``best_val_acc`` and ``best_val_loss``, and
 picks the highest ``best_val_acc``; ties go to the lower validation loss at the best epoch,
 then to the variant name. Loads that run's (trainable-only) model, logs the whole network to the
 same run as the model ``champion`` (:func:`pipeline.serving.save_network`, in
 ``select.champion_dtype``: self-contained, it takes raw images), registers it under
 ``base.mlflow.registered_model``, points alias ``select.alias`` (``champion``) at the new version,
-writes ``select.output`` and ``select.curves`` (every variant's per-epoch metrics from MLflow, for
-``dvc plots``).
+writes ``select.output``, ``select.metrics`` (each variant's ``best_val_acc`` and the selected
+variant: the training metrics DVC shows, rewritten from the variants of params.yaml, so a removed
+variant leaves nothing behind) and ``select.curves`` (every variant's per-epoch metrics from MLflow,
+for ``dvc plots``).
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def candidates_from_mlflow(client: MlflowClient, run_ids: dict[str, str]) -> lis
 def train_run_ids(params: Params) -> dict[str, str]:
     ids = {}
     for variant in params.variants():
-        path = params.path("train.models_dir") / variant / "run.json"
+        path = params.run_file(variant)
         if not path.is_file():
             raise PipelineError(f"{path}: not found (run the train@{variant} stage first)")
         try:
@@ -91,7 +93,6 @@ def learning_curves(client: MlflowClient, run_ids: dict[str, str]) -> pd.DataFra
 def log_champion(params: Params, best: dict) -> str:
     """Log the whole network of ``best``'s model to its run as ``champion``; return its URI."""
     from pipeline import serving
-    from pipeline.train import model_requirements
 
     try:
         classifier = mlflow.pyfunc.load_model(best["model_uri"]).unwrap_python_model()
@@ -107,7 +108,7 @@ def log_champion(params: Params, best: dict) -> str:
             name="champion", python_model=str(here / "mlflow_model.py"), artifacts={"network": str(network)},
             code_paths=[str(here)], signature=serving.signature(),
             input_example=serving.example_input(classifier.image_size),
-            pip_requirements=model_requirements(params.root))
+            pip_requirements=serving.model_requirements(params.root))
     return info.model_uri
 
 
@@ -126,6 +127,8 @@ def select(params: Params) -> dict:
     client.set_registered_model_alias(name, alias, version)
     result = {**best, "champion_uri": champion_uri, "registered_model": name, "version": int(version), "alias": alias,
               "candidates": sorted(candidates, key=lambda c: c["variant"])}
+    write_json(params.path("select.metrics"), {"selected": best["variant"], "best_val_acc": {
+        c["variant"]: c["best_val_acc"] for c in sorted(candidates, key=lambda c: c["variant"])}})
     atomic_write(params.path("select.curves"),
                  lambda t: curves.to_csv(t, index=False, float_format="%.6f"))
     write_json(params.path("select.output"), result)

@@ -9,7 +9,7 @@ One class, two kinds of artifact:
   base included (:func:`save_network`), so loading it needs neither ``model.weights`` nor a torch
   cache. Stored in ``select.champion_dtype`` (float16 halves the size; it runs in float32).
   Below 224x224 VGG's ``AdaptiveAvgPool2d((7, 7))`` is folded into fc6 (exact algebra, see
-  :class:`pipeline.frozen.FoldedFC6`): 25,088 -> 512*(S/32)^2 inputs, 12x fewer at 64x64.
+  :class:`pipeline.model.FoldedFC6`): 25,088 -> 512*(S/32)^2 inputs, 12x fewer at 64x64.
 
 Input (signature: one binary column ``image``): per row an encoded image (JPEG, PNG or any
 format Pillow reads; base64 in JSON through ``mlflow models serve``), a ``uint8`` ``H x W x 3``
@@ -25,6 +25,7 @@ import binascii
 import io
 import re
 import warnings
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -39,6 +40,14 @@ BASE64 = re.compile(rb"[A-Za-z0-9+/=\r\n]+")
 NETWORK_FORMAT = 1
 NETWORK_KEYS = ("format", "image_size", "folded", "state")  # what a saved whole network holds
 DTYPES = {name: getattr(torch, name) for name in CHAMPION_DTYPES}  # select.champion_dtype
+MODEL_REQUIREMENTS = ("torch", "torchvision", "mlflow", "numpy", "pandas", "pyyaml", "scikit-learn")
+
+
+def model_requirements(root: Path) -> list[str]:
+    """The pins of ``root``'s requirements.txt that a logged model needs to load and predict."""
+    req = root / "requirements.txt"
+    lines = req.read_text().splitlines() if req.is_file() else []
+    return [ln.strip() for ln in lines if ln.split("==")[0].strip().lower() in MODEL_REQUIREMENTS]
 
 
 def signature():
@@ -64,7 +73,7 @@ def example_input(image_size: int):
 def save_network(path, net: torch.nn.Module, image_size: int, dtype: str = "float16") -> None:
     """Write the whole network (eval mode) as a state dict that :func:`load_network` rebuilds
     without ``model.weights``; the adaptive avgpool is folded into fc6 below 224x224."""
-    from pipeline.frozen import FoldedFC6
+    from pipeline.model import FoldedFC6
 
     s = image_size // 32
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}

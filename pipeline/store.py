@@ -8,17 +8,25 @@ import base64
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from pipeline.config import Params, PipelineError, load_params, run_main
+
+
+SQLITE = "sqlite:///"  # MLflow's default store: a SQLite file
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store URI (query string dropped); None for others."""
+    return Path(uri[len(SQLITE):].split("?", 1)[0]) if uri.startswith(SQLITE) else None
 
 
 def store_uri(params: Params) -> str:
     """``base.mlflow.tracking_uri`` with a relative SQLite path made absolute against
     :meth:`Params.shared_root` (so a queued ``dvc exp run`` writes to the repo's store)."""
     uri = str(params.get("base.mlflow.tracking_uri"))
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(params.shared_root() / uri[len(prefix):])
+    if uri.startswith(SQLITE) and not uri[len(SQLITE):].startswith("/"):
+        return SQLITE + str(params.shared_root() / uri[len(SQLITE):])
     return uri
 
 

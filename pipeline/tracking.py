@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 
 from pipeline.config import Params
-from pipeline.store import check_reachable, store_uri, tracking_uri  # noqa: F401 - re-exported
+from pipeline.store import check_reachable, sqlite_path, store_uri, tracking_uri  # noqa: F401 - re-exported
 
 TAG_VARIANT = "variant"
 TAG_STAGE = "stage"
@@ -24,11 +24,10 @@ def _store_lock(uri: str):
     """Serialise the first touch of a SQLite store: MLflow creates and migrates its tables
     then, and two parallel stages (``dvc queue start -j 2``) would race ("Online migration
     expected to match one row"). Later writes wait on SQLite's busy timeout (MLflow: 20 s)."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
+    db = sqlite_path(uri)
+    if db is None:
         yield
         return
-    db = Path(uri[len(prefix):])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{db}-lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -102,21 +101,17 @@ def git_commit(root: Path) -> str:
 
 
 def confusion_figure(cm: np.ndarray, class_names, title: str):
+    """scikit-learn's confusion-matrix plot: actual classes by row, predicted by column."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     fig, ax = plt.subplots(figsize=(4, 3.6))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names)
-    ax.set_yticks(range(len(class_names)), class_names)
+    ConfusionMatrixDisplay(cm, display_labels=list(class_names)).plot(ax=ax, cmap="Blues", colorbar=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -136,6 +131,93 @@ def log_confusion(cm: np.ndarray, class_names, prefix: str, title: str, save_png
         atomic_write(save_png, lambda t: fig.savefig(t, format="png", dpi=100))
     plt.close(fig)
 
+
+
+# --- what a train@ run logs: at its start, per epoch, at its end ------------------------
+
+def log_train_start(params: Params, variant: str, settings: dict, frames: dict) -> None:
+    """Tags, the run's settings as params, the split (``split.json``, class counts) and the train
+    and validation splits as dataset inputs."""
+    mlflow.set_tags({TAG_VARIANT: variant, TAG_STAGE: "train", TAG_COMMIT: git_commit(params.root)})
+    mlflow.log_params(settings)
+    log_split(params.path("split.dir"))
+    log_split_input(params, frames["train"], "train", "training")
+    log_split_input(params, frames["val"], "val", "validation")
+
+
+def log_split(split_dir: Path) -> None:
+    """The split a run trained on: ``split.json`` as an artifact, its class counts (and, for an
+    identity split, the identities per split and their overlap) as metrics."""
+    import json
+
+    path = split_dir / "split.json"
+    if not path.is_file():
+        return
+    summary = json.loads(path.read_text())
+    mlflow.log_dict(summary, "split.json")
+    mlflow.log_param("split_group_by", summary.get("group_by", "none"))
+    counts = {f"split_{name}_{k}": v for name in ("train", "val", "test")
+              for k, v in summary.get(name, {}).items() if isinstance(v, (int, float))}
+    if "identity_overlap" in summary:
+        counts["split_identity_overlap"] = summary["identity_overlap"]
+    mlflow.log_metrics(counts, step=0)
+
+
+def log_epoch_metrics(row: dict, seconds: float) -> None:
+    mlflow.log_metrics({**{k: v for k, v in row.items() if k != "epoch"}, "epoch_seconds": seconds},
+                       step=row["epoch"])
+
+
+def log_epoch(row: dict, seconds: float, ckpt: Path) -> None:
+    """One epoch: its metrics at ``step=epoch`` and its checkpoint under ``checkpoints/``."""
+    log_epoch_metrics(row, seconds)
+    mlflow.log_artifact(str(ckpt), "checkpoints")
+
+
+def log_missing_epochs(run_id: str, history: list[dict], epoch_seconds: list[float], checkpoint) -> None:
+    """Log the epochs a killed run finished but had not (fully) logged yet; ``checkpoint(epoch)``
+    is the path of an epoch's checkpoint."""
+    client = mlflow.tracking.MlflowClient()
+    logged = {m.step for m in client.get_metric_history(run_id, "val_acc")}
+    ckpts = {Path(f.path).name for f in client.list_artifacts(run_id, "checkpoints")}
+    for row, seconds in zip(history, epoch_seconds):
+        ckpt = checkpoint(row["epoch"])
+        if row["epoch"] not in logged:
+            log_epoch_metrics(row, seconds)
+        if ckpt.name not in ckpts and ckpt.is_file():
+            mlflow.log_artifact(str(ckpt), "checkpoints")
+
+
+def log_train_end(params: Params, variant: str, best: dict) -> str:
+    """The best epoch's metrics and validation confusion matrix, and the run's model (built from
+    the best checkpoint); returns the model's URI, also set as the tag ``model_uri``."""
+    from sklearn.metrics import confusion_matrix
+
+    from pipeline.data import CLASS_NAMES
+
+    mlflow.log_metrics({"best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+                        "best_val_loss": best["val_loss"]}, step=params.get("train.epochs"))
+    cm = confusion_matrix(best["labels"], best["preds"], labels=[0, 1])
+    log_confusion(cm, CLASS_NAMES, "confusion_matrix/val", f"{variant}: validation, epoch {best['epoch']}")
+    model_uri = log_pyfunc(params, best["ckpt"])
+    mlflow.set_tag(TAG_MODEL_URI, model_uri)
+    return model_uri
+
+
+def log_pyfunc(params: Params, checkpoint: Path) -> str:
+    """Log this run's model (:mod:`pipeline.mlflow_model`, defined from code) with the trainable-only
+    checkpoint; it takes raw images (:mod:`pipeline.serving`). The registry's champion, with the
+    whole network, is logged by ``select``."""
+    from pipeline import serving
+
+    here = Path(__file__).resolve().parent
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(here / "mlflow_model.py"), artifacts={"checkpoint": str(checkpoint)},
+        code_paths=[str(here)], signature=serving.signature(),
+        input_example=serving.example_input(params.get("data.image_size")),
+        pip_requirements=serving.model_requirements(params.root),
+    )
+    return info.model_uri
 
 
 def main(argv=None) -> None:

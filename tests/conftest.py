@@ -1,44 +1,13 @@
-"""Shared fixtures: a shrunken copy of the project's own params.yaml in tmp_path."""
+"""Fixtures and hooks only; what tests import lives in the package ``tests/helpers``."""
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
 import pytest
-import yaml
 
+from helpers.config import CELEBA_SAMPLE, in_ci, write_params
 from pipeline.config import load_params
-
-REPO = Path(__file__).resolve().parents[1]
-CELEBA_SAMPLE = (REPO.parent / "shared" / "celeba-sample").resolve()
-
-# Small enough for a 2-core CPU: 32x32 images (VGG-16's smallest), a few dozen images, 1 epoch.
-TINY = {
-    "data.image_size": 32,
-    "data.synthetic.images": 60,
-    "train.epochs": 1,
-    "train.batch_size": 16,
-    "train.device": "cpu",
-}
-
-
-def set_dotted(raw: dict, dotted: str, value) -> None:
-    node = raw
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-
-
-def write_params(folder: Path, overrides: dict | None = None) -> Path:
-    """The repo's params.yaml with ``overrides`` (dotted keys) applied, written to ``folder``."""
-    raw = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
-    for key, value in {**TINY, **(overrides or {})}.items():
-        set_dotted(raw, key, value)
-    path = Path(folder) / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -63,11 +32,6 @@ def make_params(tmp_path):
         return load_params(write_params(folder, overrides))
 
     return factory
-
-
-def in_ci() -> bool:
-    """CI sets CI=true (as GitHub Actions, GitLab CI and `.ci/run` do)."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 @pytest.hookimpl(tryfirst=True)  # before any fixture is set up (the e2e test's dvc repro)

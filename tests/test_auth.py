@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO
-from projects import new_project, sh, stages_run, start_mlflow_server, stop_group
+from helpers.config import REPO
+from helpers.projects import new_project, sh, stages_run, start_mlflow_server, stop_group
 
 VARIANT = "head_only-lr1e-3"
 CONFIG = {"train.variants": {VARIANT: {"strategy": "head_only", "lr": 0.001}}}
@@ -113,7 +113,7 @@ def test_login_required_user_lands_wrong_password_stops_at_once(tmp_path):
                           "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"], bad.stdout + bad.stderr
         assert "Traceback" not in bad.stdout + bad.stderr
         assert stages_run(bad.stdout) == ["generate", "split", f"train@{VARIANT}"]
-        assert not (root / "models" / VARIANT / "run.json").exists()
+        assert not (root / "runs" / f"{VARIANT}.json").exists()
         status, body = request(uri, search, "admin", ADMIN_PASSWORD)
         assert status == 200 and [e["name"] for e in body["experiments"]] == ["Default"], body
 

@@ -21,7 +21,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import REPO, set_dotted, write_params
+from helpers.config import REPO, set_dotted, write_params
 from pipeline import synthetic
 from pipeline.config import PipelineError, load_params, run_main
 from pipeline.data import (ATTR_FILE, IMAGE_DIR, FaceDataset, check_images, make_loader, read_attributes,

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import CELEBA_SAMPLE
+from helpers.config import CELEBA_SAMPLE
 from pipeline.data import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
 from pipeline.evaluate import evaluate
 from pipeline.select import select
@@ -57,7 +57,7 @@ def test_real_celeba_end_to_end(make_params, celeba_subset, tmp_path):
 def test_real_celeba_kaggle_layout_limit_and_identity_split(make_params, tmp_path):
     """The whole sample in Kaggle's layout (CSV, images twice nested), a data.limit subset of it,
     split by identity, through training, selection and evaluation."""
-    from celeba_layouts import kaggle_from
+    from helpers.celeba_layouts import kaggle_from
 
     root = kaggle_from(CELEBA_SAMPLE, tmp_path / "kaggle")
     params = make_params({"data.source": "celeba", "data.root": str(root), "data.image_size": 64,

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from projects import env
+from helpers.config import REPO
+from helpers.projects import env
 
 
 @pytest.mark.parametrize("ci", [None, "true"], ids=["developer", "ci"])

@@ -101,8 +101,8 @@ def test_dataset_resizes_normalises_and_flips_by_epoch(tmp_path):
 
 # --- both layouts: official and Kaggle ---------------------------------------------------------
 
-from celeba_layouts import KAGGLE_EXTRAS, attr_rows, kaggle_from, official_from  # noqa: E402
-from conftest import CELEBA_SAMPLE  # noqa: E402
+from helpers.celeba_layouts import KAGGLE_EXTRAS, attr_rows, kaggle_from, official_from  # noqa: E402
+from helpers.config import CELEBA_SAMPLE  # noqa: E402
 from pipeline.data import (ATTR_CSV, KAGGLE, OFFICIAL, check_images, detect_layout,  # noqa: E402
                            identities_of)
 

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import CELEBA_SAMPLE
+from helpers.config import CELEBA_SAMPLE
 from pipeline.data import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
-from projects import new_project, sh, stages_run
+from helpers.projects import new_project, sh, stages_run
 
 pytestmark = pytest.mark.slow
 N = 120

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from conftest import REPO, write_params
-from projects import env, free_port
+from helpers.config import REPO, write_params
+from helpers.projects import env, free_port
 
 STAGES = {
     "train": ["--variant", "head_only-lr1e-3"],

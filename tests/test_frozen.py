@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import frozen, split, train
+from pipeline import frozen, split, stages, train
 from pipeline.config import PipelineError
 from pipeline.data import Preset, detect_layout, read_split
 from pipeline.model import LAST_BLOCK, build_model, set_strategy
@@ -136,7 +137,7 @@ def _key(params, device: str = "cpu") -> str:
 
 
 KEY_INPUTS = ["weights-file-bytes", "image-size", "amp", "device-type", "torch-version",
-              *(f"code-{name}" for name in frozen.CODE_FILES)]
+              *(f"code-{path.name}" for path in stages.code_files("train"))]
 
 
 @pytest.mark.parametrize("change", KEY_INPUTS)
@@ -163,15 +164,15 @@ def test_cache_key_changes_with_each_input_it_covers(change, make_params, tmp_pa
         device = "cuda"  # cache_key only reads device.type: no GPU needed
     elif change == "torch-version":
         monkeypatch.setattr(torch, "__version__", f"{torch.__version__}.other")
-    else:  # a copy of the package's code files with one of them edited
+    else:  # a copy of the package and dvc.yaml with one of the train stage's code files edited
         name = change.removeprefix("code-")
-        copy = tmp_path / "code"
-        copy.mkdir()
-        for code_file in frozen.CODE_FILES:
-            (copy / code_file).write_bytes((Path(frozen.__file__).parent / code_file).read_bytes())
-        with open(copy / name, "a") as f:
+        project = tmp_path / "project"
+        shutil.copytree(stages.PACKAGE, project / stages.PACKAGE.name)
+        shutil.copy(stages.DVC_YAML, project / "dvc.yaml")
+        with open(project / stages.PACKAGE.name / name, "a") as f:
             f.write("\n# edited\n")
-        monkeypatch.setattr(frozen, "__file__", str(copy / "frozen.py"))
+        monkeypatch.setattr(stages, "PACKAGE", project / stages.PACKAGE.name)
+        monkeypatch.setattr(stages, "DVC_YAML", project / "dvc.yaml")
     assert _key(params, device) != before, change
 
 

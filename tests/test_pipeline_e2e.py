@@ -19,10 +19,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from helpers.config import REPO
 from pipeline.config import load_params
 from pipeline.data import CLASS_NAMES
-from projects import copy_project, env, free_port, new_project, sh, stages_run, stop_group
+from helpers.projects import copy_project, env, free_port, new_project, sh, stages_run, stop_group
 
 pytestmark = pytest.mark.slow
 SHRUNK = {"data.synthetic.images": 80, "train.epochs": 2}
@@ -57,7 +57,7 @@ def test_a_second_clean_clone_gives_identical_metrics_files(project, tmp_path):
     other = new_project(tmp_path / "clone", SHRUNK)
     sh(["dvc", "repro"], other)
     files = sorted(p.relative_to(root) for p in (root / "metrics").rglob("*") if p.is_file())
-    assert len(files) == 4 + 4 + 4  # per-variant summaries, histories; curves; evaluate json, csv, png
+    assert len(files) == 4 + 4 + 5  # per-variant summaries, histories; curves, select.json; evaluate json, csv, png
     assert files == sorted(p.relative_to(other) for p in (other / "metrics").rglob("*") if p.is_file())
     for rel in files:
         assert (root / rel).read_bytes() == (other / rel).read_bytes(), rel
@@ -80,7 +80,7 @@ def test_mlflow_holds_four_runs_with_every_epoch_and_artifacts(project):
         assert paths == {"checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"}
         assert {a.path for a in client.list_artifacts(run.info.run_id, "confusion_matrix")} == \
             {"confusion_matrix/val.json", "confusion_matrix/val.png"}
-        assert json.loads((root / "models" / run.info.run_name / "run.json").read_text())["run_id"] == run.info.run_id
+        assert json.loads((root / "runs" / f"{run.info.run_name}.json").read_text())["run_id"] == run.info.run_id
         contexts = {t.value: di.dataset for di in run.inputs.dataset_inputs for t in di.tags}
         assert sorted(contexts) == ["training", "validation"]
         assert (contexts["training"].name, contexts["validation"].name) == ("synthetic-train", "synthetic-val")
@@ -112,8 +112,7 @@ def test_evaluate_accuracy_matches_confusion_csv_and_mlflow(project):
     # `actual` comes from the test split's labels, row for row, not from the predictions
     test = pd.read_csv(load_params(root / "params.yaml").path("split.dir") / "test.csv")
     assert cm["actual"].tolist() == [CLASS_NAMES[label] for label in test["label"]]
-    for cls in ("female", "male", "macro"):
-        assert set(metrics[cls]) == {"precision", "recall", "f1"}
+    assert set(metrics) == {"accuracy", "n_test"}  # what dvc exp show compares; the report is in MLflow
     assert (root / "metrics" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("celeba-gender-vgg16")
@@ -121,6 +120,8 @@ def test_evaluate_accuracy_matches_confusion_csv_and_mlflow(project):
     best = json.loads((root / "models" / "best.json").read_text())
     assert run.data.tags["mlflow.parentRunId"] == best["run_id"]
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert {f"test_{m}_{cls}" for m in ("precision", "recall", "f1") for cls in ("female", "male", "macro")} \
+        <= set(run.data.metrics)
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"classification_report.json", "confusion_matrix"}
     (test_input,) = run.inputs.dataset_inputs  # the test split, as an MLflow dataset
     assert [(t.key, t.value) for t in test_input.tags] == [("mlflow.data.context", "test")]
@@ -137,9 +138,11 @@ def test_exp_show_has_params_and_metrics(project):
     params = data["params"]["params.yaml"]["data"]["train"]["variants"]
     assert params["last_block-lr1e-4"] == {"strategy": "last_block", "lr": 0.0001}
     metrics = data["metrics"]
-    for v in params:
-        assert "best_val_acc" in metrics[f"metrics/train/{v}.json"]["data"]
-    assert "accuracy" in metrics["metrics/evaluate.json"]["data"]
+    assert set(metrics) == {"metrics/select.json", "metrics/evaluate.json"}
+    selected = metrics["metrics/select.json"]["data"]
+    assert set(selected["best_val_acc"]) == set(params)
+    assert selected["selected"] == json.loads((root / "models" / "best.json").read_text())["variant"]
+    assert set(metrics["metrics/evaluate.json"]["data"]) == {"accuracy", "n_test"}
 
 
 def test_second_repro_changes_nothing_and_one_lr_edit_reruns_narrowly(own_copy):
@@ -150,6 +153,12 @@ def test_second_repro_changes_nothing_and_one_lr_edit_reruns_narrowly(own_copy):
     raw["train"]["variants"]["head_only-lr1e-3"]["lr"] = 0.002
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert stages_run(sh(["dvc", "repro"], root).stdout) == ["train@head_only-lr1e-3", "select", "evaluate"]
+    # a removed variant: select and evaluate re-run, and DVC shows no metric of it any more
+    del raw["train"]["variants"]["head_only-lr1e-4"]
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert stages_run(sh(["dvc", "repro"], root).stdout) == ["select", "evaluate"]
+    shown = sh(["dvc", "metrics", "show", "--json"], root).stdout + sh(["dvc", "exp", "show", "--json"], root).stdout
+    assert "head_only-lr1e-4" not in shown, shown
 
 
 def test_code_only_change_retrains_and_moves_the_champion_to_the_new_runs(own_copy, project):
@@ -239,9 +248,9 @@ def test_browser_mlflow_ui_lists_the_runs_and_dvc_plots_holds_the_charts(project
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("celeba-gender-vgg16").experiment_id
     n_runs = len(client.search_runs([exp_id], max_results=1000))
-    # the latest repro's runs (earlier tests may have re-run stages): models/*/run.json, and the
+    # the latest repro's runs (earlier tests may have re-run stages): runs/*.json, and the
     # evaluate run under the champion
-    trained = {json.loads((root / "models" / v / "run.json").read_text())["run_id"]: v for v in variants}
+    trained = {json.loads((root / "runs" / f"{v}.json").read_text())["run_id"]: v for v in variants}
     best = json.loads((root / "models" / "best.json").read_text())
     (evaluate,) = client.search_runs(
         [exp_id], f"tags.stage = 'evaluate' and tags.`mlflow.parentRunId` = '{best['run_id']}'",

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from projects import env, new_project, sh, start_mlflow_server, stop_group
+from helpers.projects import env, new_project, sh, start_mlflow_server, stop_group
 
 POSTGRES_URI = os.environ.get("MLFLOW_TEST_POSTGRES_URI", "")
 pytestmark = [
@@ -166,7 +166,7 @@ def test_two_clones_share_one_server_and_a_third_folder_loads_the_champion(tmp_p
         name, alias = raw["base"]["mlflow"]["registered_model"], raw["select"]["alias"]
         client = MlflowClient(uri)
         versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
-        run_ids = {who: json.loads((root / "models" / VARIANT / "run.json").read_text())["run_id"]
+        run_ids = {who: json.loads((root / "runs" / f"{VARIANT}.json").read_text())["run_id"]
                    for who, root in clones.items()}
         assert [v.run_id for v in versions] == [run_ids["alice"], run_ids["bob"]]
         assert client.get_model_version_by_alias(name, alias).version == versions[1].version  # bob's, the latest

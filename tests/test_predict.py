@@ -13,12 +13,12 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import DataType
 from PIL import Image
 
-from champion_project import VARIANT, build, make_faces, preprocess, run_predict
+from helpers.champion_project import VARIANT, build, make_faces, preprocess, run_predict
 from pipeline import tracking
 from pipeline.config import PipelineError
 from pipeline.predict import expand, load_classifier
 
-SIZE = 32  # conftest.TINY's data.image_size
+SIZE = 32  # helpers.config.TINY's data.image_size
 ROUNDING = 5e-5 + 1e-6  # the text output has 4 decimals
 HALF = 1e-3  # the champion's weights are float16 (select.champion_dtype); a checkpoint's are float32
 

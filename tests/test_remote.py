@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data import IMAGE_DIR
-from projects import new_project, sh, stages_run
+from helpers.projects import new_project, sh, stages_run
 
 pytestmark = pytest.mark.slow
 VARIANT = "head_only-lr1e-3"
@@ -60,7 +60,7 @@ def test_a_fresh_clone_pulls_everything_and_runs_nothing(pushed, tmp_path):
     print(f"pull {pulled:.1f} s, pull + repro that runs nothing {total:.1f} s")  # a figure, not a test
 
     # the champion's pointer and every model travelled, byte for byte
-    for rel in ("models/best.json", f"models/{VARIANT}/best.pt", f"models/{VARIANT}/run.json"):
+    for rel in ("models/best.json", f"models/{VARIANT}/best.pt", f"runs/{VARIANT}.json"):
         assert md5(clone / rel) == md5(first / rel), rel
     images = sorted((clone / "data" / "synthetic" / IMAGE_DIR).glob("*.jpg"))[:5]
     assert len(images) == 5

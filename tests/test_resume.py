@@ -13,10 +13,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline import frozen, split, train
-from pipeline.train import RESUME_DIR, RESUME_FILE, TAG_RESUMED, log_missing_epochs
+from pipeline import resume, split, stages, train
+from pipeline.resume import RESUME_DIR, RESUME_FILE, TAG_RESUMED, epoch_checkpoint
+from pipeline.tracking import log_missing_epochs
 from pipeline.synthetic import generate_from_params
-from projects import env, new_project, sh, stages_run
+from helpers.projects import env, new_project, sh, stages_run
 
 VARIANT = "last_block-lr1e-4"
 STAGE = f"train@{VARIANT}"
@@ -71,7 +72,7 @@ def test_killed_stage_resumes_and_matches_an_uninterrupted_run(tmp_path, reuse_f
     assert stages_run(out) == [STAGE]
     assert f"resuming MLflow run {killed_run} after epoch 1 of 3" in out
     assert (metrics_file.read_text(), history_file.read_text()) == reference
-    assert json.loads((root / "models" / VARIANT / "run.json").read_text())["run_id"] == killed_run
+    assert json.loads((root / "runs" / f"{VARIANT}.json").read_text())["run_id"] == killed_run
     assert not work.exists()
 
     run = client.get_run(killed_run)
@@ -84,7 +85,7 @@ def test_killed_stage_resumes_and_matches_an_uninterrupted_run(tmp_path, reuse_f
 
     forced = sh(["dvc", "repro", "-f", "-s", STAGE], root).stdout  # from scratch: nothing to resume
     assert "resuming" not in forced
-    assert json.loads((root / "models" / VARIANT / "run.json").read_text())["run_id"] != killed_run
+    assert json.loads((root / "runs" / f"{VARIANT}.json").read_text())["run_id"] != killed_run
     assert (metrics_file.read_text(), history_file.read_text()) == reference
 
 
@@ -103,7 +104,7 @@ def test_a_resume_state_made_with_other_settings_data_or_code_is_ignored(make_pa
     params = make_params(base)
     generate_from_params(params)
     split.split(params)
-    real_save = train.save_resume
+    real_save = resume.save
     saved = []
 
     def save_then_die(work, state):  # a SIGKILL right after the save, in-process
@@ -112,7 +113,7 @@ def test_a_resume_state_made_with_other_settings_data_or_code_is_ignored(make_pa
         saved.append(state)
         real_save(work, state)
 
-    monkeypatch.setattr(train, "save_resume", save_then_die)
+    monkeypatch.setattr(resume, "save", save_then_die)
     with pytest.raises(Killed):
         train.train(params, variant)
     work = params.path("train.models_dir") / variant / RESUME_DIR
@@ -134,15 +135,15 @@ def test_a_resume_state_made_with_other_settings_data_or_code_is_ignored(make_pa
                 run_params = make_params({**base, "train.variants": {variant: {"strategy": "head_only", "lr": 0.002}}})
             elif change == "data":  # one training image fewer
                 train_csv.write_text("".join(train_csv.read_text().splitlines(keepends=True)[:-1]))
-            elif change == "code":  # the same package with engine.py edited (the resume digest reads it)
-                code = tmp_path / "code"
-                code.mkdir()
-                for module in Path(frozen.__file__).parent.glob("*.py"):
-                    (code / module.name).write_bytes(module.read_bytes())
-                with open(code / "engine.py", "a") as f:
+            elif change == "code":  # the same project with engine.py edited (the resume digest reads it)
+                project = tmp_path / "project-code"
+                shutil.copytree(stages.PACKAGE, project / stages.PACKAGE.name)
+                shutil.copy(stages.DVC_YAML, project / "dvc.yaml")
+                with open(project / stages.PACKAGE.name / "engine.py", "a") as f:
                     f.write("\n# edited\n")
-                patch.setattr(frozen, "__file__", str(code / "frozen.py"))
-            patch.setattr(train, "save_resume", lambda w, state: (saved.append(state), (_ for _ in ()).throw(Killed)))
+                patch.setattr(stages, "PACKAGE", project / stages.PACKAGE.name)
+                patch.setattr(stages, "DVC_YAML", project / "dvc.yaml")
+            patch.setattr(resume, "save", lambda w, state: (saved.append(state), (_ for _ in ()).throw(Killed)))
             with pytest.raises(Killed):
                 train.train(run_params, variant)
         out = capsys.readouterr().out
@@ -171,7 +172,7 @@ def test_resume_logs_only_the_epochs_mlflow_lacks(tmp_path):
     with mlflow.start_run() as run:
         mlflow.log_metrics({k: v for k, v in history[0].items() if k != "epoch"}, step=1)
         mlflow.log_artifact(str(work / "epoch_001.pt"), "checkpoints")
-        log_missing_epochs(run.info.run_id, history, [1.0, 1.0], work)
+        log_missing_epochs(run.info.run_id, history, [1.0, 1.0], lambda epoch: epoch_checkpoint(work, epoch))
     client = MlflowClient()
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
     assert [m.value for m in client.get_metric_history(run.info.run_id, "val_loss")] == \

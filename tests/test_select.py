@@ -82,7 +82,7 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     from pipeline.config import write_json
     from pipeline.model import build_model, save_checkpoint
     from pipeline.select import select
-    from pipeline.train import log_pyfunc
+    from pipeline.tracking import log_pyfunc
 
     variants = {"a": {"strategy": "head_only", "lr": 0.1}, "b": {"strategy": "head_only", "lr": 0.2},
                 "c": {"strategy": "last_block", "lr": 0.3}}
@@ -100,7 +100,7 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
             model_uri = log_pyfunc(params, ckpt) if name == "b" else \
                 mlflow.pyfunc.log_model(name="model", python_model=str(code)).model_uri
             mlflow.set_tag("model_uri", model_uri)
-        write_json(params.path("train.models_dir") / name / "run.json", {"run_id": run.info.run_id})
+        write_json(params.run_file(name), {"run_id": run.info.run_id})
         # the local metrics say the opposite: select must not read them
         write_json(params.path("train.metrics_dir") / f"{name}.json", {"best_val_acc": 1 - acc, "best_val_loss": loss})
     result = select(params)

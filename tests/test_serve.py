@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from projects import free_port, stop_group
-from champion_project import VARIANT, build, cli_env, make_faces
+from helpers.projects import free_port, stop_group
+from helpers.champion_project import VARIANT, build, cli_env, make_faces
 from pipeline import tracking
 from pipeline.predict import load_classifier, predict_batches
 from pipeline.serving import GenderClassifier

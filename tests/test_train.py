@@ -50,7 +50,10 @@ def test_train_logs_epochs_checkpoints_and_outputs(tiny):
     assert not (tiny.path("train.models_dir") / "head_only-lr1e-3" / "resume").exists()
     # local outputs
     out = tiny.path("train.models_dir") / "head_only-lr1e-3"
-    assert json.loads((out / "run.json").read_text())["run_id"] == run.info.run_id
+    record = json.loads(tiny.run_file("head_only-lr1e-3").read_text())
+    assert record["run_id"] == run.info.run_id and record["model_uri"] == run.data.tags["model_uri"]
+    assert tiny.run_file("head_only-lr1e-3").parent == tiny.path("train.runs_dir")
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt"]
     assert (out / "best.pt").stat().st_size < 64 * 1024
     metrics = json.loads((tiny.path("train.metrics_dir") / "head_only-lr1e-3.json").read_text())
     assert metrics["best_val_acc"] == summary["best_val_acc"] and metrics["best_epoch"] in (1, 2)

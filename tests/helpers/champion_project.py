@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, write_params
+from helpers.config import REPO, write_params
 from pipeline.config import Params, load_params
 
 VARIANT = "head_only-lr1e-3"

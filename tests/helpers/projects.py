@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, write_params
+from helpers.config import REPO, write_params
 
 PROJECT_FILES = ("pipeline", "dvc.yaml", "requirements.txt", ".gitignore", ".dvcignore")
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_COMMITTER_NAME": "test",
