@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 def make_dataset(folder: Path, images: int, distinct: int, seed: int) -> None:
     """``images`` CelebA-layout files: ``distinct`` synthetic faces, replicated under new ids."""
     from pipeline import synthetic
-    from pipeline.data import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
+    from pipeline.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
 
     base = folder.with_name(folder.name + "-base")
     synthetic.generate(base, min(distinct, images), 0.05, seed)

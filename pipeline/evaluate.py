@@ -32,7 +32,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from pipeline import serving, tracking
 from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
-from pipeline.data import CLASS_NAMES, THRESHOLD, FaceDataset, read_split
+from pipeline.data import CLASS_NAMES, FaceDataset, THRESHOLD, read_split
 from pipeline.engine import resolve_device
 
 

@@ -77,7 +77,7 @@ def expand(inputs: list[str]) -> list[tuple[str, str | None]]:
 
 def read_image(path: str | Path) -> bytes:
     """The bytes of one image file; :class:`PipelineError` with the reason it is not usable."""
-    from pipeline.data import image_problem
+    from pipeline.images import image_problem
 
     problem = image_problem(Path(path))  # missing, empty, not an image, cut short ...
     if problem is not None:

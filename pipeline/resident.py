@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from pipeline.config import Params, PipelineError, write_json
-from pipeline.data import IMAGENET_MEAN, IMAGENET_STD, FaceDataset, detect_layout, make_loader
+from pipeline.data import FaceDataset, IMAGENET_MEAN, IMAGENET_STD, make_loader
+from pipeline.celeba import detect_layout
 
 IMAGE_FORMAT = 1
 IMAGE_PREFIX = "images-"  # image entries under train.feature_cache; feature entries are bare keys

@@ -151,7 +151,8 @@ class GenderClassifier(mlflow.pyfunc.PythonModel):
         """One input as the network's ``(3, S, S)`` float tensor; :class:`ValueError` saying why not."""
         from PIL import Image, UnidentifiedImageError
 
-        from pipeline.data import Preset, _decode_problem
+        from pipeline.data import Preset
+        from pipeline.images import _decode_problem
 
         preset = Preset(int(self.image_size))
         if isinstance(value, str):

@@ -5,7 +5,7 @@ Usage::
     python -m pipeline.split [--params params.yaml]
 
 It reads the CelebA-layout folder ``data.root`` (official or Kaggle layout, see
-:func:`pipeline.data.detect_layout`): with ``data.source: synthetic`` the embedded default set
+:func:`pipeline.celeba.detect_layout`): with ``data.source: synthetic`` the embedded default set
 that the generate stage wrote (:mod:`pipeline.synthetic`), with ``celeba`` real CelebA.
 ``data.limit: N`` first keeps a seeded stratified subset of N images. ``split.group_by: none``
 splits images (stratified by class); ``identity`` splits people (see :func:`identity_split`).
@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Params, PipelineError, atomic_write, load_params, one_line, run_main, write_json
-from pipeline.data import ATTR_FILE, CLASS_NAMES, check_images, detect_layout, identities_of, read_attributes
+from pipeline.celeba import ATTR_FILE, detect_layout, identities_of, read_attributes
+from pipeline.data import CLASS_NAMES
+from pipeline.images import check_images
 
 SPLITS = ("train", "val", "test")
 

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.config import Params, load_params, run_main
-from pipeline.data import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
+from pipeline.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
 
 WIDTH, HEIGHT = 178, 218  # CelebA's aligned crops
 ATTRIBUTES = (

@@ -24,8 +24,9 @@ from PIL import Image
 from helpers.config import REPO, set_dotted, write_params
 from pipeline import synthetic
 from pipeline.config import PipelineError, load_params, run_main
-from pipeline.data import (ATTR_FILE, IMAGE_DIR, FaceDataset, check_images, make_loader, read_attributes,
-                           read_split)
+from pipeline.celeba import ATTR_FILE, IMAGE_DIR, read_attributes
+from pipeline.data import FaceDataset, make_loader, read_split
+from pipeline.images import check_images
 from pipeline.split import split
 
 N_IMAGES = 40  # 24 male, 16 female with seed 0

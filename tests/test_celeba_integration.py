@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from helpers.config import CELEBA_SAMPLE
-from pipeline.data import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
+from pipeline.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
 from pipeline.evaluate import evaluate
 from pipeline.select import select
 from pipeline.split import split

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from helpers.config import CELEBA_SAMPLE
-from pipeline.data import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
+from pipeline.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
 from helpers.projects import new_project, sh, stages_run
 
 pytestmark = pytest.mark.slow

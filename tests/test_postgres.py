@@ -150,7 +150,7 @@ def test_two_clones_share_one_server_and_a_third_folder_loads_the_champion(tmp_p
     from mlflow.tracking import MlflowClient
 
     from pipeline.config import load_params
-    from pipeline.data import detect_layout
+    from pipeline.celeba import detect_layout
     from pipeline.predict import predict_batches
     from pipeline.serving import GenderClassifier
 

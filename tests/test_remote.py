@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import IMAGE_DIR
+from pipeline.celeba import IMAGE_DIR
 from helpers.projects import new_project, sh, stages_run
 
 pytestmark = pytest.mark.slow

@@ -61,7 +61,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 
 from helpers.config import CELEBA_SAMPLE  # noqa: E402
-from pipeline.data import identities_of, read_attributes  # noqa: E402
+from pipeline.celeba import identities_of, read_attributes  # noqa: E402
 from pipeline.split import SPLITS, identity_split, limit_subset  # noqa: E402
 
 needs_sample = pytest.mark.needs(CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}")

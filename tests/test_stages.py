@@ -1,7 +1,8 @@
 """dvc.yaml is the one list of the code each stage runs (:mod:`pipeline.stages`): the resume
 fingerprint and the cache keys hash the train stage's list, so a module missing from it would
 leave DVC, resume and the caches blind to its edits. Every module a stage's command imports
-(at the top or inside a function) or names as a file must be among that stage's deps."""
+(at the top or inside a function) or names as a file must be among that stage's deps, and nothing else (a needless dep re-runs
+the stage for nothing)."""
 import ast
 import re
 
@@ -44,6 +45,7 @@ def test_every_module_a_stage_runs_is_among_its_deps(stage):
     used = modules_used(f"{entry}.py")
     listed = {path.name for path in stages.code_files(stage)}
     assert used - listed == set(), f"dvc.yaml: stage {stage} runs {sorted(used - listed)} but does not depend on them"
+    assert listed - used == set(), f"dvc.yaml: stage {stage} depends on {sorted(listed - used)} but never runs them"
     assert all(path.is_file() for path in stages.code_files(stage)), stage
 
 

@@ -3,7 +3,7 @@ import hashlib
 
 from PIL import Image
 
-from pipeline.data import read_attributes, read_identities
+from pipeline.celeba import read_attributes, read_identities
 from pipeline.synthetic import ATTRIBUTES, HEIGHT, WIDTH, generate
 
 
