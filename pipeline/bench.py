@@ -36,7 +36,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import load_params, run_main
+from pipeline.cli import run_main
+from pipeline.config import load_params
 
 MODES = {"plain": False, "reuse": True}
 CEILING_STEPS, CEILING_WARMUP = 20, 3

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import PipelineError
+from pipeline.cli import PipelineError
 
 IMAGE_DIR = "img_align_celeba"  # official layout: <root>/img_align_celeba/; Kaggle: twice nested
 ATTR_FILE = "list_attr_celeba.txt"  # official attribute file

@@ -6,16 +6,15 @@ that holds it (the project root), and :class:`Params` resolves them.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import re
-import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
+
+from pipeline.cli import PipelineError
 
 STRATEGIES = ("head_only", "last_block")
 AMP_MODES = ("auto", "none", "bf16")
@@ -25,11 +24,6 @@ CHAMPION_DTYPES = ("float16", "float32", "bfloat16")  # select.champion_dtype (p
 LIMIT_MIN = 20  # data.limit: the fewest images a stratified 80/10/10 split can take
 VARIANT_KEYS = ("strategy", "lr")  # what a train.variants entry may hold
 DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-DEBUG_ENV = "PIPELINE_DEBUG"  # set to 1: unexpected errors show their traceback
-
-
-class PipelineError(Exception):
-    """An error the user can fix; stages print it as one line and exit non-zero."""
 
 
 class Params:
@@ -255,65 +249,3 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     params = Params(raw, path.resolve().parent, path.name)
     validate(params)
     return params
-
-
-# --- atomic output helpers ----------------------------------------------------------
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temp file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda t: t.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
-
-
-def one_line(text: Any) -> str:
-    """An exception's text on one line. An exception that a DataLoader worker re-raised carries
-    the worker's whole traceback in its text; keep only its last line, the error itself."""
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    if any(ln.startswith("Original Traceback") for ln in lines):
-        last = lines[-1]
-        prefix = f"{PipelineError.__module__}.{PipelineError.__name__}: "
-        return last[len(prefix):] if last.startswith(prefix) else f"in a data loader worker: {last}"
-    return " ".join(lines)
-
-
-def run_main(fn: Callable[[], Any]) -> None:
-    """Run a stage's main(): every error becomes one line on stderr, no traceback.
-
-    A :class:`PipelineError` (the user's to fix) and any unexpected exception exit 1,
-    Ctrl-C exits 130. With ``PIPELINE_DEBUG=1`` in the environment the exception is
-    re-raised instead, traceback and all.
-    """
-    debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
-    try:
-        fn()
-    except PipelineError as exc:
-        if debug:
-            raise
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - a bug or an environment problem: one line, and how to see more
-        if debug:
-            raise
-        print(f"error: {type(exc).__name__}: {one_line(exc) or '(no message)'} "
-              f"(unexpected; set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
-        sys.exit(1)

@@ -10,7 +10,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.celeba import detect_layout
-from pipeline.config import PipelineError, one_line
+from pipeline.cli import PipelineError, one_line
 from pipeline.images import _decode_problem, check_images
 
 CLASS_NAMES = ("female", "male")  # label 0, label 1

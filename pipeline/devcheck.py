@@ -29,7 +29,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import load_params, run_main, write_json
+from pipeline.cli import run_main
+from pipeline.config import load_params
+from pipeline.files import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

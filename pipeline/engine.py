@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pipeline.config import PipelineError
+from pipeline.cli import PipelineError
 from pipeline.data import THRESHOLD
 
 LOGIT_THRESHOLD = math.log(THRESHOLD / (1 - THRESHOLD))  # sigmoid(z) > THRESHOLD <=> z > this (0.0)

@@ -31,7 +31,9 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
 from pipeline import serving, tracking
-from pipeline.config import Params, PipelineError, atomic_write, load_params, run_main, write_json
+from pipeline.cli import PipelineError, run_main
+from pipeline.config import Params, load_params
+from pipeline.files import atomic_write, write_json
 from pipeline.data import CLASS_NAMES, FaceDataset, THRESHOLD, read_split
 from pipeline.engine import resolve_device
 

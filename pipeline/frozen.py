@@ -50,7 +50,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.config import Params, PipelineError, load_params, run_main, write_json
+from pipeline.cli import PipelineError, run_main
+from pipeline.config import Params, load_params
+from pipeline.files import write_json
 from pipeline import resident
 from pipeline.data import read_split
 from pipeline.model import LAST_BLOCK, FoldedFC6

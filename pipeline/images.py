@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.celeba import detect_layout
-from pipeline.config import PipelineError
+from pipeline.cli import PipelineError
 
 TAIL_BYTES = 4096  # the end of a file read to see whether it was cut short
 JPEG_END = b"\xff\xd9"  # EOI marker

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
-from pipeline.config import PipelineError
+from pipeline.cli import PipelineError
 
 # conv5_1, conv5_2, conv5_3 in vgg16().features
 LAST_BLOCK = (24, 26, 28)
@@ -117,7 +117,7 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(path: Path, model: nn.Module, **extra) -> None:
     """Trainable parameters only (the frozen base is rebuilt from ``model.weights``)."""
-    from pipeline.config import atomic_write
+    from pipeline.files import atomic_write
 
     payload = {"trainable": trainable_state(model), **extra}
     atomic_write(Path(path), lambda t: torch.save(payload, t))

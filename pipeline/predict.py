@@ -44,7 +44,8 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import DEVICES, PipelineError, load_params, one_line, run_main
+from pipeline.cli import PipelineError, one_line, run_main
+from pipeline.config import DEVICES, load_params
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MODEL_URI_SCHEMES = ("models:/", "runs:/")

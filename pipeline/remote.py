@@ -22,7 +22,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from pipeline.config import PipelineError, run_main
+from pipeline.cli import PipelineError, run_main
 
 URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 

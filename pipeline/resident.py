@@ -39,7 +39,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline.config import Params, PipelineError, write_json
+from pipeline.cli import PipelineError
+from pipeline.config import Params
+from pipeline.files import write_json
 from pipeline.data import FaceDataset, IMAGENET_MEAN, IMAGENET_STD, make_loader
 from pipeline.celeba import detect_layout
 

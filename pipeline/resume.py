@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Params, atomic_write
+from pipeline.config import Params
+from pipeline.files import atomic_write
 from pipeline.stages import code_digest
 
 RESUME_DIR = "resume"  # in <train.models_dir>/<variant>/ while a run is unfinished

@@ -33,7 +33,9 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.config import Params, PipelineError, atomic_write, load_params, one_line, run_main, write_json
+from pipeline.cli import PipelineError, one_line, run_main
+from pipeline.config import Params, load_params
+from pipeline.files import atomic_write, write_json
 
 
 def choose(candidates: list[dict]) -> dict:

@@ -92,7 +92,7 @@ def load_network(path) -> tuple[torch.nn.Module, int]:
     from torch import nn
     from torchvision.models import vgg16
 
-    from pipeline.config import PipelineError
+    from pipeline.cli import PipelineError
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -130,7 +130,7 @@ class GenderClassifier(mlflow.pyfunc.PythonModel):
     def load_checkpoint(self, path) -> "GenderClassifier":
         """Rebuild the network from a trainable-only checkpoint (``models/<variant>/best.pt``,
         ``checkpoints/epoch_NNN.pt``); ``torch.load`` runs with ``weights_only=True``."""
-        from pipeline.config import PipelineError
+        from pipeline.cli import PipelineError
         from pipeline.model import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(path)

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Params, PipelineError, atomic_write, load_params, one_line, run_main, write_json
+from pipeline.cli import PipelineError, one_line, run_main
+from pipeline.config import Params, load_params
+from pipeline.files import atomic_write, write_json
 from pipeline.celeba import ATTR_FILE, detect_layout, identities_of, read_attributes
 from pipeline.data import CLASS_NAMES
 from pipeline.images import check_images

@@ -10,7 +10,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pipeline.config import Params, PipelineError, load_params, run_main
+from pipeline.cli import PipelineError, run_main
+from pipeline.config import Params, load_params
 
 
 SQLITE = "sqlite:///"  # MLflow's default store: a SQLite file

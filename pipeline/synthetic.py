@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.config import Params, load_params, run_main
+from pipeline.cli import run_main
+from pipeline.config import Params, load_params
 from pipeline.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
 
 WIDTH, HEIGHT = 178, 218  # CelebA's aligned crops

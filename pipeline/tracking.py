@@ -122,7 +122,7 @@ def log_confusion(cm: np.ndarray, class_names, prefix: str, title: str, save_png
     ``save_png``, also write the same figure there (atomically)."""
     import matplotlib.pyplot as plt
 
-    from pipeline.config import atomic_write
+    from pipeline.files import atomic_write
 
     mlflow.log_dict({"labels": list(class_names), "matrix": cm.tolist()}, f"{prefix}.json")
     fig = confusion_figure(cm, class_names, title)
@@ -238,6 +238,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from pipeline.config import run_main
+    from pipeline.cli import run_main
 
     run_main(main)

@@ -41,7 +41,9 @@ import pandas as pd
 import torch
 
 from pipeline import resident, resume, tracking
-from pipeline.config import Params, atomic_write, load_params, run_main, write_json
+from pipeline.cli import run_main
+from pipeline.config import Params, load_params
+from pipeline.files import atomic_write, write_json
 from pipeline.data import FaceDataset, epoch_flips, read_split
 from pipeline.engine import evaluate_batches, progress, resolve_device, train_epoch
 from pipeline.model import build_model, save_checkpoint, set_strategy, trainable_state

@@ -63,7 +63,7 @@ def fake_server():
 
 
 def test_preflight_tells_a_missing_or_refused_login(fake_server, monkeypatch):
-    from pipeline.config import PipelineError
+    from pipeline.cli import PipelineError
     from pipeline.store import check_reachable
 
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)

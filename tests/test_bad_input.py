@@ -23,7 +23,8 @@ from PIL import Image
 
 from helpers.config import REPO, set_dotted, write_params
 from pipeline import synthetic
-from pipeline.config import PipelineError, load_params, run_main
+from pipeline.cli import PipelineError, run_main
+from pipeline.config import load_params
 from pipeline.celeba import ATTR_FILE, IMAGE_DIR, read_attributes
 from pipeline.data import FaceDataset, make_loader, read_split
 from pipeline.images import check_images

@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from pipeline.config import PipelineError, load_params
+from pipeline.cli import PipelineError
+from pipeline.config import load_params
 from pipeline.tracking import tracking_uri
 
 
@@ -50,7 +51,7 @@ def test_paths_resolve_against_the_params_folder(make_params, tmp_path, monkeypa
 
 
 def test_stage_cli_prints_one_line_and_exits_1(make_params, tmp_path, capsys):
-    from pipeline.config import run_main
+    from pipeline.cli import run_main
     from pipeline.split import main
 
     path = tmp_path / "bad.yaml"

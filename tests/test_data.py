@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import PipelineError
+from pipeline.cli import PipelineError
 from pipeline.data import FaceDataset, epoch_flips
 from pipeline.celeba import read_attributes, read_identities
 from pipeline.synthetic import ATTRIBUTES

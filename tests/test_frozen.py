@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pipeline import frozen, split, stages, train
-from pipeline.config import PipelineError
+from pipeline.cli import PipelineError
 from pipeline.data import Preset, read_split
 from pipeline.celeba import detect_layout
 from pipeline.model import LAST_BLOCK, build_model, set_strategy

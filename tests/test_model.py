@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchvision.models import vgg16
 
-from pipeline.config import PipelineError
+from pipeline.cli import PipelineError
 from pipeline.model import (build_model, imagenet_cache_file, load_checkpoint, model_from_checkpoint,
                             save_checkpoint, set_strategy)
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from helpers.champion_project import VARIANT, build, make_faces, preprocess, run_predict
 from pipeline import tracking
-from pipeline.config import PipelineError
+from pipeline.cli import PipelineError
 from pipeline.predict import expand, load_classifier
 
 SIZE = 32  # helpers.config.TINY's data.image_size

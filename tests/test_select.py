@@ -3,7 +3,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import PipelineError
+from pipeline.cli import PipelineError
 from pipeline.select import candidates_from_mlflow, choose
 
 
@@ -79,7 +79,7 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     import json
 
     from pipeline import tracking
-    from pipeline.config import write_json
+    from pipeline.files import write_json
     from pipeline.model import build_model, save_checkpoint
     from pipeline.select import select
     from pipeline.tracking import log_pyfunc

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from pipeline.config import PipelineError
+from pipeline.cli import PipelineError
 from pipeline.data import read_split
 from pipeline.split import split, stratified_split
 from pipeline.synthetic import generate_from_params
