@@ -18,7 +18,7 @@ pytestmark = [
 N = 200
 VARIANT = "last_block-lr1e-4"
 
-# The learning check (test_real_celeba_learns_end_to_end): 32x32 and batch 16 (conftest's TINY),
+# The learning check (test_real_celeba_learns_end_to_end): 32x32 and batch 16 (helpers.config.TINY),
 # head_only on the cached fc7 features (frozen_dropout false: a step is one linear layer, so an
 # epoch costs well under a second and the one feature extraction is most of the time), 200
 # validation images (a validation image is extracted once, a training image twice: flipped too).
