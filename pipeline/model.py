@@ -70,9 +70,9 @@ def _load_state_dict(model: nn.Module, path: Path, what: str) -> None:
 
 def build_model(weights: str, seed: int, root: Path | None = None) -> nn.Module:
     """VGG-16 with the chosen base weights and a fresh, seeded ``Linear(4096, 1)`` head."""
-    with torch.random.fork_rng():  # torchvision's own init must not touch the global RNG
-        torch.manual_seed(seed)
+    with torch.device("meta"):  # a skeleton: torchvision's init would be overwritten below (~3 s)
         model = vgg16(weights=None)
+    model = model.to_empty(device="cpu")
     if weights == "none":
         _variance_preserving_init(model, seed)
     elif weights == "imagenet":
