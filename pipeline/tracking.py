@@ -86,7 +86,14 @@ def log_split_input(params: Params, frame, split: str, context: str) -> None:
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
         dataset = mlflow.data.from_pandas(rows, source=str(params.path("data.root")), targets="label",
                                           name=f"{params.get('data.source')}-{split}", digest=digest)
-        mlflow.log_input(dataset, context=context)
+    # MLflow looks the dataset up, then inserts it: two runs of one split at once (dvc queue
+    # start -j 2) can both insert, and one fails on the UNIQUE constraint. A SQLite store is locked
+    # for it; against a server the loser tries once more and finds the winner's row.
+    with _store_lock(mlflow.get_tracking_uri()):
+        try:
+            mlflow.log_input(dataset, context=context)
+        except mlflow.exceptions.MlflowException:
+            mlflow.log_input(dataset, context=context)
 
 
 def git_commit(root: Path) -> str:
