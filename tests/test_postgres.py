@@ -1,7 +1,8 @@
 """The README's team set-up, for real: one ``mlflow server`` with a PostgreSQL backend store and
-artifacts in a folder of their own (the "shared storage"), and ``dvc repro`` pointed at it with
-MLFLOW_TRACKING_URI. Runs, metrics, the registered model and its ``champion`` alias end up in
-PostgreSQL, checkpoints in the artifact folder, nothing in the project's own store.
+artifacts in a folder of their own (the "shared storage"), and ``dvc repro`` / a queued ``dvc exp
+run`` pointed at it with MLFLOW_TRACKING_URI. Runs, metrics, the registered model and its
+``champion`` alias end up in PostgreSQL, checkpoints in the artifact folder, nothing in the
+projects' own stores.
 
 Needs a PostgreSQL server: set MLFLOW_TEST_POSTGRES_URI to a URI whose role may create databases
 (CI: ``export MLFLOW_TEST_POSTGRES_URI="$(.ci/postgres.sh)"``). Each run makes a database of its
@@ -10,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers.projects import env, new_project, sh, start_mlflow_server, stop_group
+from helpers.projects import env, new_project, sh, start_mlflow_server, stop_group, wait_for_queue
 
 POSTGRES_URI = os.environ.get("MLFLOW_TEST_POSTGRES_URI", "")
 pytestmark = [
@@ -28,10 +28,6 @@ pytestmark = [
                        "whose role may CREATE DATABASE; CI: export MLFLOW_TEST_POSTGRES_URI=\"$(.ci/postgres.sh)\")"),
 ]
 VARIANT = "head_only-lr1e-3"
-CONFIG = {"data.synthetic.images": 60, "train.epochs": 2,
-          "train.variants": {VARIANT: {"strategy": "head_only", "lr": 0.001}}}
-
-
 def libpq_uri(uri: str) -> str:
     """``postgresql+<driver>://...`` -> ``postgresql://...``, which psycopg2.connect takes."""
     scheme, rest = uri.split("://", 1)
@@ -74,63 +70,6 @@ def start_server(backend: str, artifacts: Path, log: Path):
     return start_mlflow_server(backend, artifacts, log)
 
 
-def test_dvc_repro_against_a_tracking_server_with_a_postgresql_store(tmp_path, postgres_db):
-    import psycopg2
-    from mlflow.tracking import MlflowClient
-
-    root = new_project(tmp_path / "p", CONFIG)
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    experiment, model_name = raw["base"]["mlflow"]["experiment"], raw["base"]["mlflow"]["registered_model"]
-    alias = raw["select"]["alias"]
-    artifacts = tmp_path / "artifacts"  # the "shared storage" behind the server
-    log = tmp_path / "server.log"
-
-    server, uri = start_server(store_uri(postgres_db), artifacts, log)
-    try:
-        started = time.monotonic()
-        sh(["dvc", "repro"], root, MLFLOW_TRACKING_URI=uri)
-        print(f"dvc repro against the server: {time.monotonic() - started:.0f} s")
-
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(experiment)
-        assert exp is not None, f"no experiment {experiment!r} on the server"
-        (train,) = client.search_runs([exp.experiment_id], "tags.stage = 'train'")
-        assert train.info.status == "FINISHED" and train.data.tags["variant"] == VARIANT
-        assert [m.step for m in client.get_metric_history(train.info.run_id, "val_acc")] == [1, 2]
-        assert {a.path for a in client.list_artifacts(train.info.run_id, "checkpoints")} == \
-            {"checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"}
-
-        champion = client.get_model_version_by_alias(model_name, alias)
-        assert champion.run_id == train.info.run_id
-
-        (evaluate,) = client.search_runs([exp.experiment_id], "tags.stage = 'evaluate'")
-        assert evaluate.info.status == "FINISHED" and evaluate.data.tags["variant"] == VARIANT
-    except BaseException:
-        print(f"--- mlflow server log (tail) ---\n{log.read_text(errors='replace')[-3000:]}")
-        raise
-    finally:
-        stop_group(server)
-
-    # The artifacts went through the server to its destination; nothing to the project's store.
-    saved = {p.name for p in artifacts.rglob("*.pt") if train.info.run_id in p.parts}
-    assert {"epoch_001.pt", "epoch_002.pt"} <= saved, sorted(artifacts.rglob("*"))[:50]
-    assert not (root / "mlflow.db").exists() and not (root / "mlartifacts").exists()
-
-    # ...and the store is PostgreSQL itself, not a fallback: MLflow's own tables there hold them.
-    with psycopg2.connect(postgres_db, connect_timeout=10) as conn, conn.cursor() as cur:
-        cur.execute("SELECT run_uuid, status FROM runs")
-        runs = dict(cur.fetchall())
-        assert runs.get(train.info.run_id) == "FINISHED" and runs.get(evaluate.info.run_id) == "FINISHED", runs
-        cur.execute("SELECT step FROM metrics WHERE run_uuid = %s AND key = 'val_acc' ORDER BY step",
-                    (train.info.run_id,))
-        assert [step for (step,) in cur.fetchall()] == [1, 2]
-        cur.execute("SELECT v.run_id FROM registered_model_aliases a JOIN model_versions v "
-                    "ON v.name = a.name AND v.version = a.version WHERE a.name = %s AND a.alias = %s",
-                    (model_name, alias))
-        assert cur.fetchall() == [(train.info.run_id,)]
-    conn.close()
-
-
 SHARED_CONFIG = {"train.epochs": 1, "train.variants": {VARIANT: {"strategy": "head_only", "lr": 0.001}}}
 LOAD_CHAMPION = """
 import base64, json, sys
@@ -141,12 +80,17 @@ print(json.dumps([float(p) for p in model.predict(pd.DataFrame({"image": [image]
 """
 
 
-def test_two_clones_share_one_server_and_a_third_folder_loads_the_champion(tmp_path, postgres_db):
-    """The README's team set-up: clones in two folders run ``dvc repro`` against one server whose
-    ``--artifacts-destination`` is a third folder; a process in a fourth, empty folder, after both
-    clones are gone, loads ``models:/<name>@champion`` (the second clone's model) and predicts."""
+def test_two_machines_share_one_server_and_a_third_folder_loads_the_champion(tmp_path, postgres_db):
+    """The README's team set-up, as its lines run it: one ``mlflow server`` over PostgreSQL whose
+    ``--artifacts-destination`` is a folder of its own; in two other folders (two machines) alice
+    runs ``dvc repro`` against it and bob queues an experiment of his own seed and starts the queue
+    (``dvc exp run --queue -S ... && dvc queue start -j 1``). Runs, metrics, the registry and the
+    ``champion`` alias end up in PostgreSQL's own tables, every artifact in the shared folder,
+    nothing in either project. A process in a fourth, empty folder, after both are gone, loads
+    ``models:/<name>@champion`` (bob's, the latest) and predicts what bob's checkpoint does."""
     import shutil
 
+    import psycopg2
     from mlflow.tracking import MlflowClient
 
     from pipeline.config import load_params
@@ -157,22 +101,38 @@ def test_two_clones_share_one_server_and_a_third_folder_loads_the_champion(tmp_p
     shared = tmp_path / "shared-artifacts"
     log = tmp_path / "server.log"
     server, uri = start_server(store_uri(postgres_db), shared, log)
-    clones = {name: new_project(tmp_path / name, {**SHARED_CONFIG, "base.seed": seed})
-              for name, seed in (("alice", 42), ("bob", 7))}
+    clones = {name: new_project(tmp_path / name, SHARED_CONFIG) for name in ("alice", "bob")}
+    raw = yaml.safe_load((clones["alice"] / "params.yaml").read_text())
+    experiment, name = raw["base"]["mlflow"]["experiment"], raw["base"]["mlflow"]["registered_model"]
+    alias = raw["select"]["alias"]
     try:
-        for root in clones.values():
-            sh(["dvc", "repro"], root, MLFLOW_TRACKING_URI=uri)
-        raw = yaml.safe_load((clones["bob"] / "params.yaml").read_text())
-        name, alias = raw["base"]["mlflow"]["registered_model"], raw["select"]["alias"]
+        sh(["dvc", "repro"], clones["alice"], MLFLOW_TRACKING_URI=uri)
         client = MlflowClient(uri)
-        versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+        exp = client.get_experiment_by_name(experiment)
+        assert exp is not None, f"no experiment {experiment!r} on the server"
+        (train,) = client.search_runs([exp.experiment_id], "tags.stage = 'train'")
+        assert train.info.status == "FINISHED" and train.data.tags["variant"] == VARIANT
+        assert [m.step for m in client.get_metric_history(train.info.run_id, "val_acc")] == [1]
+        assert {a.path for a in client.list_artifacts(train.info.run_id, "checkpoints")} == {"checkpoints/epoch_001.pt"}
+        assert client.get_model_version_by_alias(name, alias).run_id == train.info.run_id
+        (evaluate,) = client.search_runs([exp.experiment_id], "tags.stage = 'evaluate'")
+        assert evaluate.info.status == "FINISHED" and evaluate.data.tags["variant"] == VARIANT
+
+        bob = clones["bob"]
+        sh(["dvc", "exp", "run", "--queue", "--name", "bob-seed-7", "-S", "base.seed=7"], bob, MLFLOW_TRACKING_URI=uri)
+        sh(["dvc", "queue", "start", "-j", "1"], bob, MLFLOW_TRACKING_URI=uri)
+        wait_for_queue(bob, experiments=1, MLFLOW_TRACKING_URI=uri)
+        sh(["dvc", "exp", "apply", "bob-seed-7"], bob)  # its params, runs/ and models/ into bob's workspace
+        assert yaml.safe_load((bob / "params.yaml").read_text())["base"]["seed"] == 7
         run_ids = {who: json.loads((root / "runs" / f"{VARIANT}.json").read_text())["run_id"]
                    for who, root in clones.items()}
+        assert run_ids["alice"] == train.info.run_id != run_ids["bob"]
+        versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
         assert [v.run_id for v in versions] == [run_ids["alice"], run_ids["bob"]]
         assert client.get_model_version_by_alias(name, alias).version == versions[1].version  # bob's, the latest
 
         # what bob's own checkpoint (float32, its base rebuilt from model.weights) says of one of his images
-        params = load_params(clones["bob"] / "params.yaml")
+        params = load_params(bob / "params.yaml")
         test_id = pd.read_csv(params.path("split.dir") / "test.csv", dtype={"image_id": str})["image_id"][0]
         reader = tmp_path / "reader"  # a folder of its own: no params, no code, no store, no torch cache
         (reader / "torch-home").mkdir(parents=True)
@@ -182,7 +142,8 @@ def test_two_clones_share_one_server_and_a_third_folder_loads_the_champion(tmp_p
         ((_, expected),) = predict_batches(ckpt, [(str(image), None)], 1, lambda *a: pytest.fail(str(a)))
         for root in clones.values():
             assert not (root / "mlflow.db").exists() and not (root / "mlartifacts").exists()
-            shutil.rmtree(root)  # the reader cannot reach either clone
+            assert not list((root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
+            shutil.rmtree(root)  # the reader cannot reach either project
 
         proc = subprocess.run([sys.executable, "-c", LOAD_CHAMPION, f"models:/{name}@{alias}", str(image)],
                               cwd=reader, env=env(MLFLOW_TRACKING_URI=uri, TORCH_HOME=str(reader / "torch-home")),
@@ -201,3 +162,17 @@ def test_two_clones_share_one_server_and_a_third_folder_loads_the_champion(tmp_p
         assert [p.name for p in shared.rglob("*.pt") if run_id in p.parts and "checkpoints" in p.parts] == \
             ["epoch_001.pt"]
     assert len(list(shared.rglob("network.pt"))) == 2  # one champion per select
+
+    # ...and the store is PostgreSQL itself, not a fallback: MLflow's own tables there hold them.
+    with psycopg2.connect(postgres_db, connect_timeout=10) as conn, conn.cursor() as cur:
+        cur.execute("SELECT run_uuid, status FROM runs")
+        runs = dict(cur.fetchall())
+        assert {runs.get(r) for r in (*run_ids.values(), evaluate.info.run_id)} == {"FINISHED"}, runs
+        cur.execute("SELECT step FROM metrics WHERE run_uuid = %s AND key = 'val_acc' ORDER BY step",
+                    (run_ids["bob"],))
+        assert [step for (step,) in cur.fetchall()] == [1]
+        cur.execute("SELECT v.run_id FROM registered_model_aliases a JOIN model_versions v "
+                    "ON v.name = a.name AND v.version = a.version WHERE a.name = %s AND a.alias = %s",
+                    (name, alias))
+        assert cur.fetchall() == [(run_ids["bob"],)]
+    conn.close()

@@ -81,6 +81,22 @@ def copy_project(src: Path, dst: Path) -> Path:
     return dst
 
 
+def wait_for_queue(root: Path, experiments: int, timeout: float = 600, **extra_env) -> str:
+    """Wait until ``dvc queue status`` in ``root`` shows nothing queued or running, then stop the
+    queue's workers; assert ``experiments`` succeeded. Returns the last status table."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = sh(["dvc", "queue", "status"], root, **extra_env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    sh(["dvc", "queue", "stop", "--kill"], root, check=False, **extra_env)
+    assert status.count("Success") == experiments, status
+    return status
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
