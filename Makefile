@@ -1,7 +1,7 @@
 # make setup   - create .venv from requirements.txt (idempotent: redone only when requirements change)
 # make repro   - setup, then run the DVC pipeline (split -> train x4 -> select -> evaluate)
 # make help    - this list (also what a bare `make` prints)
-# make test    - setup, then the whole test suite (what CI runs)
+# make test    - setup, then the whole test suite on 3 parallel workers (what CI runs; TEST_WORKERS=0: serially)
 # make test-fast - setup, then the unit tests only (-m "not slow": no dvc repro, no servers, no browser)
 # make bench   - plain loop vs frozen-prefix reuse on the default config (prints a table + JSON)
 # make mlflow-ui - browse runs of the local SQLite store at http://127.0.0.1:5000
@@ -35,11 +35,14 @@ $(STAMP): requirements.txt
 repro: setup
 	dvc repro
 
+# pytest-xdist: each test module on one of TEST_WORKERS processes (a module's fixtures, such as
+# the e2e module's `dvc repro`, are built once). TEST_WORKERS=0: one process, as plain pytest.
+TEST_WORKERS ?= 3
 test: setup
-	python -m pytest
+	python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
-	python -m pytest -m "not slow"
+	python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	python -m pipeline.bench

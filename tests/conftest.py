@@ -48,6 +48,14 @@ def pytest_runtest_setup(item):
             pytest.skip(reason)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules holding a slow test first, each module's tests in file order: ``make test`` runs
+    the modules on parallel workers (pytest-xdist, ``--dist loadfile``), and a long module that
+    starts last is the whole run's tail while the short ones fill the gaps."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable
+
+
 def pytest_report_header(config):
     return (f"celeba-sample: {CELEBA_SAMPLE if CELEBA_SAMPLE.is_dir() else 'absent'}; cpus: {os.cpu_count()}; "
             f"CI: {'yes (a test that needs what is missing fails)' if in_ci() else 'no'}")
