@@ -38,11 +38,12 @@ repro: setup
 # pytest-xdist: each test module on one of TEST_WORKERS processes (a module's fixtures, such as
 # the e2e module's `dvc repro`, are built once). TEST_WORKERS=0: one process, as plain pytest.
 TEST_WORKERS ?= 3
+PYTEST := python -m pytest -n $(TEST_WORKERS) --dist loadfile
 test: setup
-	python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PYTEST)
 
 test-fast: setup
-	python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile
+	$(PYTEST) -m "not slow"
 
 bench: setup
 	python -m pipeline.bench
