@@ -1,5 +1,7 @@
-"""The real ``dvc repro`` on a shrunken config in a temporary copy of the project."""
+"""The real ``dvc repro`` on a shrunken config in a temporary copy of the project, and what
+follows it: re-runs, a DVC remote and a fresh clone, MLflow's UI and ``dvc plots`` in a browser."""
 import csv
+import hashlib
 import json
 import re
 import shutil
@@ -20,6 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from helpers.config import REPO
+from pipeline.celeba import IMAGE_DIR
 from pipeline.config import load_params
 from pipeline.data import CLASS_NAMES
 from helpers.projects import copy_project, env, free_port, new_project, sh, stages_run, stop_group
@@ -177,6 +180,129 @@ def test_code_only_change_retrains_to_identical_metrics_and_moves_the_champion_t
     for rel in files:
         assert (root / rel).read_bytes() == metrics_before[rel], rel
     assert sorted((project[0] / "mlartifacts").rglob("*")) == original_artifacts  # the copy wrote its own
+
+
+def test_a_replaced_image_puts_every_stage_that_reads_images_out_of_date(own_copy):
+    """``data.root`` is a dependency of split, every ``train@`` and evaluate: one image replaced
+    (same name, other pixels) puts each of them out of date. select reads no image and stays up
+    to date (it re-runs once a ``train@`` stage writes a new run id to runs/). Here data.root is
+    the generated set, so generate's output has changed too."""
+    root = own_copy
+    assert json.loads(sh(["dvc", "status", "--json"], root).stdout) == {}
+    victim, other = sorted((root / "data" / "synthetic" / IMAGE_DIR).glob("*.jpg"))[:2]
+    victim.unlink()  # never write through: the workspace file may share the DVC cache's bytes
+    victim.write_bytes(other.read_bytes())
+    assert set(json.loads(sh(["dvc", "status", "--json"], root).stdout)) == \
+        {"generate", "split", *(f"train@{v}" for v in VARIANTS), "evaluate"}
+
+# --- Through a DVC remote: push, a fresh `git clone` pulls, is up to date, runs nothing and
+# predicts what the first clone does; the feature cache and resume state stay out; a bad remote
+# fails in one line (pipeline/remote.py) ----------------------------------------------------------
+
+REMOTE_VARIANT = "head_only-lr1e-3"
+UP_TO_DATE = "Data and pipelines are up to date."
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def remote_objects(remote: Path) -> set[str]:
+    """The md5 of every object in a DVC 3 local remote (files/md5/ab/cdef...)."""
+    return {p.parent.name + p.name for p in (remote / "files" / "md5").glob("*/*")}
+
+
+def predict(project: Path, images: list[Path]) -> str:
+    return sh([sys.executable, "-m", "pipeline.predict", "--json", "--model",
+               f"models/{REMOTE_VARIANT}/best.pt", *map(str, images)], project).stdout
+
+
+@pytest.fixture(scope="module")
+def pushed(project, tmp_path_factory):
+    """A copy of the repro'd project, committed and pushed to a local-folder remote."""
+    first = copy_project(project[0], tmp_path_factory.mktemp("remote") / "first")
+    remote = first.parent / "store"
+    remote.mkdir()
+    sh(["dvc", "remote", "add", "-d", "store", str(remote)], first)
+    sh("git add -A && git commit -qm 'repro'", first)
+    out = sh([sys.executable, "-m", "pipeline.remote", "push"], first).stdout
+    assert out.strip(), "push says what it did"
+    return first, remote
+
+
+def test_a_fresh_clone_pulls_everything_and_runs_nothing(pushed, tmp_path):
+    first, remote = pushed
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(first), str(clone)], tmp_path)
+    assert not (clone / "models").exists() and not (clone / "data").exists()
+    started = time.monotonic()
+    sh([sys.executable, "-m", "pipeline.remote", "pull"], clone)
+    pulled = time.monotonic() - started
+    assert sh(["dvc", "status"], clone).stdout.strip() == UP_TO_DATE
+    assert stages_run(sh(["dvc", "repro"], clone).stdout) == []
+    total = time.monotonic() - started
+    print(f"pull {pulled:.1f} s, pull + repro that runs nothing {total:.1f} s")  # a figure, not a test
+
+    # the champion's pointer and every model travelled, byte for byte
+    for rel in ("models/best.json", *(f"models/{v}/best.pt" for v in VARIANTS), *(f"runs/{v}.json" for v in VARIANTS)):
+        assert md5(clone / rel) == md5(first / rel), rel
+    images = sorted((clone / "data" / "synthetic" / IMAGE_DIR).glob("*.jpg"))[:5]
+    assert len(images) == 5
+    ours = predict(first, [first / p.relative_to(clone) for p in images])
+    theirs = predict(clone, images)
+    ours, theirs = ([json.loads(line)["p_male"] for line in out.splitlines()] for out in (ours, theirs))
+    assert len(ours) == 5 and ours == theirs
+
+    # what must not travel: the feature cache, resume state
+    assert (first / "data" / "features").is_dir() and not (clone / "data" / "features").exists()
+    features = {md5(p) for p in (first / "data" / "features").rglob("*") if p.is_file()}
+    assert features and not features & remote_objects(remote)
+    assert not list(clone.glob("models/*/resume"))
+    assert md5(first / "models" / "best.json") in remote_objects(remote)
+
+
+def test_pull_from_a_remote_that_lacks_the_data_fails_in_one_line(pushed, tmp_path):
+    first, _ = pushed
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(first), str(clone)], tmp_path)
+    empty = tmp_path / "empty-store"
+    empty.mkdir()
+    sh(["dvc", "remote", "modify", "--local", "store", "url", str(empty)], clone)
+    proc = sh([sys.executable, "-m", "pipeline.remote", "pull"], clone, check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: DVC remote 'store' ({empty}) lacks ") and proc.stderr.count("\n") == 1
+    assert "nothing pulled" in proc.stderr
+    print(proc.stderr)  # for the record
+    assert not (clone / "models").exists() and not (clone / "data").exists()
+
+
+@pytest.mark.parametrize("where", ["missing", "under-a-file"])
+def test_an_unreachable_remote_fails_in_one_line(pushed, tmp_path, where):
+    first, _ = pushed
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(first), str(clone)], tmp_path)
+    (tmp_path / "a-file").write_text("")
+    url = tmp_path / ("not-mounted" if where == "missing" else "a-file/store")
+    sh(["dvc", "remote", "modify", "--local", "store", "url", str(url)], clone)
+    for action in ("pull", "push"):
+        proc = sh([sys.executable, "-m", "pipeline.remote", action], clone, check=False)
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.count("\n") == 1 and str(url) in proc.stderr, proc.stderr
+        assert proc.stderr.startswith(f"error: DVC remote 'store': {url} ")
+    assert not url.exists() and not (clone / "models").exists()
+
+
+def test_a_remote_dvc_cannot_reach_fails_in_one_line(pushed, tmp_path):
+    """An S3 remote without DVC's s3 extra: DVC's own error, several lines, comes out as one."""
+    first, _ = pushed
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(first), str(clone)], tmp_path)
+    sh(["dvc", "remote", "modify", "--local", "store", "url", "s3://no-such-bucket/celeba"], clone)
+    proc = sh([sys.executable, "-m", "pipeline.remote", "pull"], clone, check=False)
+    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: DVC remote 'store' (s3://no-such-bucket/celeba) is unreachable: ")
+    assert "dvc.org/support" not in proc.stderr
+    assert not (clone / "models").exists() and not (clone / "data").exists()
 
 
 # --- In a browser: MLflow's UI and the HTML of `dvc plots show`, in Debian's headless Chromium ----

@@ -1,17 +1,22 @@
-"""The README's team set-up, for real: one ``mlflow server`` with a PostgreSQL backend store and
-artifacts in a folder of their own (the "shared storage"), and ``dvc repro`` / a queued ``dvc exp
-run`` pointed at it with MLFLOW_TRACKING_URI. Runs, metrics, the registered model and its
-``champion`` alias end up in PostgreSQL, checkpoints in the artifact folder, nothing in the
-projects' own stores.
+"""The README's team set-up, for real: one ``mlflow server --app-name basic-auth`` (MLflow's
+logins, the repo's ``mlflow-auth.ini``) with a PostgreSQL backend store and artifacts in a folder
+of their own (the "shared storage"), and ``dvc repro`` / a queued ``dvc exp run`` pointed at it
+with MLFLOW_TRACKING_URI and a user's MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
+Anonymous requests are refused; a wrong password stops the first stage that talks to MLflow at its
+preflight, in one line; runs, metrics, the registered model and its ``champion`` alias end up in
+PostgreSQL, checkpoints in the artifact folder, nothing in the projects' own stores.
 
 Needs a PostgreSQL server: set MLFLOW_TEST_POSTGRES_URI to a URI whose role may create databases
 (CI: ``export MLFLOW_TEST_POSTGRES_URI="$(.ci/postgres.sh)"``). Each run makes a database of its
 own (``mlflow_test_<random>``) and drops it afterwards, so reruns never collide."""
+import base64
 import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -19,7 +24,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers.projects import env, new_project, sh, start_mlflow_server, stop_group, wait_for_queue
+from helpers.config import REPO
+from helpers.projects import env, new_project, sh, stages_run, start_mlflow_server, stop_group, wait_for_queue
 
 POSTGRES_URI = os.environ.get("MLFLOW_TEST_POSTGRES_URI", "")
 pytestmark = [
@@ -65,9 +71,36 @@ def postgres_db():
         admin.close()
 
 
-def start_server(backend: str, artifacts: Path, log: Path):
-    """``mlflow server`` on a free loopback port, in a session of its own; returns (process, uri)."""
-    return start_mlflow_server(backend, artifacts, log)
+ADMIN_PASSWORD = "admin-password-0123"  # MLflow 3.17 wants 12+ characters
+USERS = {"alice": "alice-password-0123", "bob": "bob-password-0123"}
+WRONG = "not-alices-password-987"
+
+
+def start_server(backend: str, artifacts: Path, log: Path, cwd: Path):
+    """``mlflow server --app-name basic-auth`` as the README starts it, on a free loopback port, in
+    a session of its own; its users live in ``cwd/basic_auth.db``. Returns (process, uri)."""
+    return start_mlflow_server(backend, artifacts, log, "--app-name", "basic-auth", cwd=cwd,
+                               MLFLOW_AUTH_CONFIG_PATH=str(REPO / "mlflow-auth.ini"),
+                               MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+                               MLFLOW_FLASK_SERVER_SECRET_KEY="test-secret-key")
+
+
+def request(uri: str, path: str, user: str | None = None, password: str | None = None, body: dict | None = None):
+    """``(status, parsed JSON or text)`` of a GET (or a POST of ``body``) with basic auth, if given."""
+    headers = {"Content-Type": "application/json"}
+    if user is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(uri + path, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def login(user: str, password: str | None = None) -> dict:
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password or USERS[user]}
 
 
 SHARED_CONFIG = {"train.epochs": 1, "train.variants": {VARIANT: {"strategy": "head_only", "lr": 0.001}}}
@@ -80,14 +113,17 @@ print(json.dumps([float(p) for p in model.predict(pd.DataFrame({"image": [image]
 """
 
 
-def test_two_machines_share_one_server_and_a_third_folder_loads_the_champion(tmp_path, postgres_db):
-    """The README's team set-up, as its lines run it: one ``mlflow server`` over PostgreSQL whose
-    ``--artifacts-destination`` is a folder of its own; in two other folders (two machines) alice
-    runs ``dvc repro`` against it and bob queues an experiment of his own seed and starts the queue
-    (``dvc exp run --queue -S ... && dvc queue start -j 1``). Runs, metrics, the registry and the
-    ``champion`` alias end up in PostgreSQL's own tables, every artifact in the shared folder,
-    nothing in either project. A process in a fourth, empty folder, after both are gone, loads
-    ``models:/<name>@champion`` (bob's, the latest) and predicts what bob's checkpoint does."""
+def test_two_machines_share_one_server_and_a_third_folder_loads_the_champion(tmp_path, postgres_db, monkeypatch):
+    """The README's team set-up, as its lines run it: one ``mlflow server --app-name basic-auth``
+    over PostgreSQL whose ``--artifacts-destination`` is a folder of its own. Anonymous requests
+    get 401. In two other folders (two machines), alice first runs ``dvc repro`` with a wrong
+    password (generate and split run, ``train@`` stops at its preflight in one line that does not
+    echo the password, nothing is logged), then with hers; bob queues an experiment of his own
+    seed and starts the queue (``dvc exp run --queue -S ... && dvc queue start -j 1``). Runs,
+    metrics, the registry and the ``champion`` alias end up in PostgreSQL's own tables, every
+    artifact in the shared folder, nothing in either project. A process in a fourth, empty
+    folder, after both are gone, logs in, loads ``models:/<name>@champion`` (bob's, the latest)
+    and predicts what bob's checkpoint does."""
     import shutil
 
     import psycopg2
@@ -100,13 +136,39 @@ def test_two_machines_share_one_server_and_a_third_folder_loads_the_champion(tmp
 
     shared = tmp_path / "shared-artifacts"
     log = tmp_path / "server.log"
-    server, uri = start_server(store_uri(postgres_db), shared, log)
+    server_dir = tmp_path / "server"  # basic_auth.db (mlflow-auth.ini: sqlite:///basic_auth.db) lands here
+    server_dir.mkdir()
+    server, uri = start_server(store_uri(postgres_db), shared, log, server_dir)
     clones = {name: new_project(tmp_path / name, SHARED_CONFIG) for name in ("alice", "bob")}
     raw = yaml.safe_load((clones["alice"] / "params.yaml").read_text())
     experiment, name = raw["base"]["mlflow"]["experiment"], raw["base"]["mlflow"]["registered_model"]
     alias = raw["select"]["alias"]
+    search = "/api/2.0/mlflow/experiments/search?max_results=10"
     try:
-        sh(["dvc", "repro"], clones["alice"], MLFLOW_TRACKING_URI=uri)
+        assert request(uri, search)[0] == 401  # anonymous: refused
+        for user, password in USERS.items():  # the admin makes the team's users, as the README does
+            status, body = request(uri, "/api/2.0/mlflow/users/create", "admin", ADMIN_PASSWORD,
+                                   {"username": user, "password": password})
+            assert status == 200, body
+        assert (server_dir / "basic_auth.db").is_file()
+        assert request(uri, search, "alice", WRONG)[0] == 401
+
+        # a wrong password: generate and split run (no MLflow), train@ stops at its preflight, nothing is logged
+        bad = sh(["dvc", "repro"], clones["alice"], check=False, MLFLOW_TRACKING_URI=uri, **login("alice", WRONG))
+        said = bad.stdout + bad.stderr
+        assert bad.returncode != 0 and WRONG not in said and "Traceback" not in said
+        assert [line for line in said.splitlines() if line.startswith("error: MLflow")] == [
+            f"error: MLflow tracking server {uri} refused the login of user 'alice' (HTTP 401): "
+            "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"], said
+        assert stages_run(bad.stdout) == ["generate", "split", f"train@{VARIANT}"]
+        assert not (clones["alice"] / "runs" / f"{VARIANT}.json").exists()
+        status, body = request(uri, search, "admin", ADMIN_PASSWORD)
+        assert status == 200 and [e["name"] for e in body["experiments"]] == ["Default"], body
+
+        good = sh(["dvc", "repro"], clones["alice"], MLFLOW_TRACKING_URI=uri, **login("alice"))
+        assert stages_run(good.stdout) == [f"train@{VARIANT}", "select", "evaluate"]
+        for var, value in login("alice").items():  # this process's client logs in as alice too
+            monkeypatch.setenv(var, value)
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
         assert exp is not None, f"no experiment {experiment!r} on the server"
@@ -117,11 +179,13 @@ def test_two_machines_share_one_server_and_a_third_folder_loads_the_champion(tmp
         assert client.get_model_version_by_alias(name, alias).run_id == train.info.run_id
         (evaluate,) = client.search_runs([exp.experiment_id], "tags.stage = 'evaluate'")
         assert evaluate.info.status == "FINISHED" and evaluate.data.tags["variant"] == VARIANT
+        assert request(uri, f"/api/2.0/mlflow/registered-models/alias?name={name}&alias={alias}")[0] == 401
 
         bob = clones["bob"]
-        sh(["dvc", "exp", "run", "--queue", "--name", "bob-seed-7", "-S", "base.seed=7"], bob, MLFLOW_TRACKING_URI=uri)
-        sh(["dvc", "queue", "start", "-j", "1"], bob, MLFLOW_TRACKING_URI=uri)
-        wait_for_queue(bob, experiments=1, MLFLOW_TRACKING_URI=uri)
+        bobs = {"MLFLOW_TRACKING_URI": uri, **login("bob")}
+        sh(["dvc", "exp", "run", "--queue", "--name", "bob-seed-7", "-S", "base.seed=7"], bob, **bobs)
+        sh(["dvc", "queue", "start", "-j", "1"], bob, **bobs)
+        wait_for_queue(bob, experiments=1, **bobs)
         sh(["dvc", "exp", "apply", "bob-seed-7"], bob)  # its params, runs/ and models/ into bob's workspace
         assert yaml.safe_load((bob / "params.yaml").read_text())["base"]["seed"] == 7
         run_ids = {who: json.loads((root / "runs" / f"{VARIANT}.json").read_text())["run_id"]
