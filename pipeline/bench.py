@@ -173,14 +173,14 @@ def bench(params_file: Path, workdir: Path, epochs: int | None) -> dict:
     variants = load_params(params_file).variants()
     first = write_mode_params(params_file, workdir / "plain", split_dir, False, epochs)
     if load_params(params_file).get("data.source") == "synthetic":
-        run_process(py + ["pipeline.synthetic", "--params", str(first)], env)
-    split_wall, _ = run_process(py + ["pipeline.split", "--params", str(first)], env)
+        run_process(py + ["pipeline", "generate", "--params", str(first)], env)
+    split_wall, _ = run_process(py + ["pipeline", "split", "--params", str(first)], env)
     results: dict = {"split_seconds": split_wall}
     for mode, reuse in MODES.items():
         path = write_mode_params(params_file, workdir / mode, split_dir, reuse, epochs)
         per_variant = {}
         for name, spec in variants.items():
-            wall, rss = run_process(py + ["pipeline.train", "--variant", name, "--params", str(path)], env)
+            wall, rss = run_process(py + ["pipeline", "train", "--variant", name, "--params", str(path)], env)
             m = run_metrics(path, name)
             per_variant[name] = {"strategy": spec["strategy"], "wall": wall, "rss_mb": rss, **m}
             print(f"  {mode:5s} {name:20s} {wall:6.1f} s wall, {sum(m['epoch_seconds']) / len(m['epoch_seconds']):6.2f}"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m pipeline.evaluate [--params params.yaml]
+    python -m pipeline evaluate [--params params.yaml]
 
 Loads the model version that ``select`` registered (``models:/<name>/<version>`` from
 ``select.output``: the self-contained champion the registry serves) and predicts the test split
@@ -14,11 +14,6 @@ images: what ``dvc exp show`` compares), ``evaluate.confusion_csv``
 (scikit-learn), to an MLflow run named ``evaluate``, a child of the selected training run.
 """
 from __future__ import annotations
-
-if __name__ == "__main__":  # before the heavy imports below: a bad params.yaml or an unreachable
-    from pipeline.store import preflight  # tracking server fails in well under a second
-
-    preflight()
 
 import argparse
 import json

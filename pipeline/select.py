@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m pipeline.select [--params params.yaml]
+    python -m pipeline select [--params params.yaml]
 
 Reads the run id each ``train@<variant>`` stage wrote (``<train.runs_dir>/<variant>.json``),
 asks MLflow (not the local JSON) for each run's ``best_val_acc`` and ``best_val_loss``, and
@@ -17,11 +17,6 @@ variant leaves nothing behind) and ``select.curves`` (every variant's per-epoch 
 for ``dvc plots``).
 """
 from __future__ import annotations
-
-if __name__ == "__main__":  # before the heavy imports below: a bad params.yaml or an unreachable
-    from pipeline.store import preflight  # tracking server fails in well under a second
-
-    preflight()
 
 import argparse
 import json

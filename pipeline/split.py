@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m pipeline.split [--params params.yaml]
+    python -m pipeline split [--params params.yaml]
 
 It reads the CelebA-layout folder ``data.root`` (official or Kaggle layout, see
 :func:`pipeline.celeba.detect_layout`): with ``data.source: synthetic`` the embedded default set

@@ -80,9 +80,9 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
 
 def preflight(argv: list[str] | None = None) -> None:
     """Load ``--params`` and check its tracking server; on a problem print one line, exit 1.
-    Stage modules call it first thing when run as scripts. Then the cyclic GC is off while the
-    stage imports torch, torchvision and MLflow (~20 % of a stage's start);
-    :func:`pipeline.cli.run_main` turns it back on."""
+    ``python -m pipeline <stage>`` calls it first for train, select and evaluate. Then the
+    cyclic GC is off while the stage imports torch, torchvision and MLflow (~20 % of a stage's
+    start); :func:`pipeline.cli.run_main` turns it back on."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--params", default="params.yaml")
     args, _ = parser.parse_known_args(argv)

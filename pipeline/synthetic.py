@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m pipeline.synthetic [--params params.yaml]
+    python -m pipeline generate [--params params.yaml]
 
 writes ``data.synthetic.images`` faces (seed ``base.seed``) to ``data.synthetic.dir``, the
 default ``data.root`` that the split stage reads. Its own output path, never the CelebA folder

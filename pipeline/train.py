@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m pipeline.train --variant head_only-lr1e-3           # as dvc.yaml runs it
-    python -m pipeline.train --variant last_block-lr1e-4 --params other.yaml
+    python -m pipeline train --variant head_only-lr1e-3           # as dvc.yaml runs it
+    python -m pipeline train --variant last_block-lr1e-4 --params other.yaml
 
 Per epoch it logs ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (``step=epoch``,
 epochs count from 1) and a checkpoint ``checkpoints/epoch_NNN.pt``; at the end
@@ -23,11 +23,6 @@ epoch, resume state, MLflow), :func:`write_outputs`; :func:`train` wires them, a
 :mod:`pipeline.tracking` holds what is logged.
 """
 from __future__ import annotations
-
-if __name__ == "__main__":  # before the heavy imports below: a bad params.yaml or an unreachable
-    from pipeline.store import preflight  # tracking server fails in well under a second
-
-    preflight()
 
 import argparse
 import shutil

@@ -60,10 +60,11 @@ def project(tmp_path, celeba) -> Path:
                                  "train.variants": {VARIANT: {"strategy": "head_only", "lr": 0.001}}})
 
 
-def run_stage(module: str, params: Path, *args: str) -> subprocess.CompletedProcess:
+def run_stage(stage: str, params: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m pipeline <stage> --params <params> <args>``, as dvc.yaml runs it."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_DEBUG")}
     env.update(TQDM_DISABLE="1", MLFLOW_LOGGING_LEVEL="WARNING")  # no progress bars, no "creating the DB" logs
-    return subprocess.run([sys.executable, "-m", f"pipeline.{module}", "--params", str(params), *args],
+    return subprocess.run([sys.executable, "-m", "pipeline", stage, "--params", str(params), *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -1,5 +1,5 @@
 """An unreachable tracking server stops ``train``, ``select`` and ``evaluate`` before they
-import torch or MLflow (``pipeline.store.preflight`` runs first, at the top of each module):
+import torch or MLflow (``python -m pipeline <stage>`` runs ``pipeline.store.preflight`` first):
 exit 1, one ``error:`` line, nothing written."""
 import subprocess
 import sys
@@ -34,7 +34,7 @@ def test_unreachable_server_fails_before_importing_torch_or_mlflow(stage, tmp_pa
     write_params(tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", f"pipeline.{stage}", *STAGES[stage]],
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline", stage, *STAGES[stage]],
                           cwd=tmp_path, env=env(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO)),
                           capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - started
@@ -50,3 +50,11 @@ def test_unreachable_server_fails_before_importing_torch_or_mlflow(stage, tmp_pa
     assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
     print(f"{stage}: unreachable server, exit 1 after {elapsed:.2f} s")
+
+
+def test_an_unknown_stage_gets_the_usage_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "trian"], cwd=tmp_path, env=env(PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == ("error: usage: python -m pipeline {generate,split,train,select,evaluate} [options] "
+                           "(got 'trian')\n")
