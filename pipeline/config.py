@@ -9,6 +9,7 @@ import copy
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,46 @@ class Params:
             raise PipelineError(f"data.root: {root} is empty ({hint})")
         return root
 
+    def train_config(self) -> TrainConfig:
+        """The ``train`` section and what training reads beside it, typed and resolved."""
+        t = self.get("train")
+        return TrainConfig(
+            seed=self.get("base.seed"), image_size=self.get("data.image_size"), weights=self.weights(),
+            data_root=self.path("data.root"), split_dir=self.path("split.dir"),
+            feature_cache=self.shared_path("train.feature_cache"), epochs=t["epochs"], batch_size=t["batch_size"],
+            num_workers=t["num_workers"], device=t["device"], reuse_frozen=t["reuse_frozen"],
+            frozen_features=t["frozen_features"], cache_budget_gb=float(t["cache_budget_gb"]),
+            frozen_dropout=t["frozen_dropout"], amp=t["amp"], channels_last=t["channels_last"],
+            strategies=tuple(v["strategy"] for v in t["variants"].values()))
+
     def resolved(self) -> dict:
         """A plain copy of the whole config, for checkpoints and MLflow."""
         return copy.deepcopy(self.raw)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the training core reads of ``params.yaml``, read once (:meth:`Params.train_config`),
+    typed (:func:`validate` has checked every value) and with its paths resolved: the modules
+    below the train stage's entry point (``frozen``, ``resident``, ``resume``) take this, not
+    :class:`Params`."""
+    seed: int  # base.seed
+    image_size: int  # data.image_size
+    weights: str  # model.weights: none, imagenet, or a state-dict path made absolute
+    data_root: Path  # data.root (Params.dataset_root checks that it holds data)
+    split_dir: Path  # split.dir
+    feature_cache: Path  # train.feature_cache, against Params.shared_root (shared by queued experiments)
+    epochs: int
+    batch_size: int
+    num_workers: int | str  # a number or "auto"
+    device: str  # auto, cpu, cuda, cuda:N, mps
+    reuse_frozen: bool
+    frozen_features: str  # auto, cache, recompute
+    cache_budget_gb: float
+    frozen_dropout: bool
+    amp: str  # auto, none, bf16
+    channels_last: bool  # CUDA only
+    strategies: tuple[str, ...]  # every variant's strategy: the frozen layers one cache holds
 
 
 def _is_int(value: Any) -> bool:

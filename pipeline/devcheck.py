@@ -80,6 +80,8 @@ def _sync(device) -> None:
 
 def run_variant(params, name: str, epochs: int, log=print, reuse: bool | None = None) -> dict:
     """One variant through the train stage's core; seconds of each part (process start excluded)."""
+    import dataclasses
+
     import torch
 
     from pipeline import resident
@@ -87,21 +89,21 @@ def run_variant(params, name: str, epochs: int, log=print, reuse: bool | None = 
     from pipeline.engine import evaluate_batches, resolve_device, train_epoch
     from pipeline.model import build_model, set_strategy
     started = time.perf_counter()
-    spec = params.variant(name)
-    seed, batch = int(params.get("base.seed")), int(params.get("train.batch_size"))
-    device = resolve_device(str(params.get("train.device")))
-    amp = resident.resolve_amp(params.get("train.amp"), device)
-    channels_last = bool(params.get("train.channels_last")) and device.type == "cuda"
+    spec, cfg = params.variant(name), params.train_config()
     if reuse is not None:
-        params.raw["train"]["reuse_frozen"] = reuse
-    model = build_model(params.weights(), seed, params.root)
+        cfg = dataclasses.replace(cfg, reuse_frozen=reuse)
+    seed, batch = cfg.seed, cfg.batch_size
+    device = resolve_device(cfg.device)
+    amp = resident.resolve_amp(cfg.amp, device)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    model = build_model(cfg.weights, seed, params.root)
     set_strategy(model, spec["strategy"])
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(spec["lr"]))
-    data = resident.training_data(params, model, spec["strategy"], device, amp,
-                                  resident.resolve_workers(params.get("train.num_workers")), channels_last, log)
+    data = resident.training_data(cfg, model, spec["strategy"], device, amp, resident.resolve_workers(cfg.num_workers),
+                                  channels_last, log)
     _sync(device)
     prepared = time.perf_counter()
     n = data["train"].n
@@ -112,7 +114,7 @@ def run_variant(params, name: str, epochs: int, log=print, reuse: bool | None = 
         torch.manual_seed(epoch_seed)
         t0 = time.perf_counter()
         tr = train_epoch(data["net"], data["train"], resident.epoch_order(n, epoch_seed), epoch_flips(n, seed, epoch),
-                         batch, optimizer, device, frozen_dropout=bool(params.get("train.frozen_dropout")), **loop)
+                         batch, optimizer, device, frozen_dropout=cfg.frozen_dropout, **loop)
         t1 = time.perf_counter()  # train_epoch returns after its one transfer: the device is done
         va = evaluate_batches(data["net"], data["val"], batch, device, **loop)
         t2 = time.perf_counter()

@@ -51,7 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.cli import PipelineError, run_main
-from pipeline.config import Params, load_params
+from pipeline.config import TrainConfig, load_params
 from pipeline.files import write_json
 from pipeline import resident
 from pipeline.data import read_split
@@ -78,10 +78,9 @@ def layer_shape(layer: str, image_size: int) -> tuple[int, ...]:
     return (4096,)
 
 
-def needed_layers(params: Params) -> list[str]:
+def needed_layers(cfg: TrainConfig) -> list[str]:
     """Layers the configured variants train from (the first stage builds them all at once)."""
-    fd = bool(params.get("train.frozen_dropout"))
-    wanted = {layer_for(v["strategy"], fd) for v in params.variants().values()}
+    wanted = {layer_for(strategy, cfg.frozen_dropout) for strategy in cfg.strategies}
     return [layer for layer in LAYERS if layer in wanted]
 
 
@@ -118,28 +117,29 @@ class Tail(nn.Module):
 
 # --- building the cache --------------------------------------------------------------
 
-def weights_id(params: Params) -> str:
-    weights = str(params.get("model.weights"))
-    if weights == "none":
-        return f"none:seed={params.get('base.seed')}"
+def weights_id(cfg: TrainConfig) -> str:
+    """The base weights as the cache key sees them: the seed of the random init, or the bytes of
+    the weights file (not its path: the same file in another checkout is the same key)."""
+    if cfg.weights == "none":
+        return f"none:seed={cfg.seed}"
     from pipeline.model import imagenet_cache_file
 
-    path = imagenet_cache_file() if weights == "imagenet" else Path(params.weights())
+    path = imagenet_cache_file() if cfg.weights == "imagenet" else Path(cfg.weights)
     if not path.is_file():
         return f"missing:{path}"  # build_model reports it
     h = hashlib.blake2b(digest_size=16)
     resident.hash_file(h, path)
-    return f"{weights}:{h.hexdigest()}"
+    return f"{'imagenet' if cfg.weights == 'imagenet' else 'file'}:{h.hexdigest()}"
 
 
-def cache_key(params: Params, frames: dict[str, pd.DataFrame], device: torch.device,
+def cache_key(cfg: TrainConfig, frames: dict[str, pd.DataFrame], device: torch.device,
               digest: str | None = None) -> tuple[str, dict]:
     """A digest of everything the cached values depend on, and its readable parts. ``digest``:
     :func:`pipeline.resident.images_digest` of ``frames``, when the caller has it already."""
-    images = digest or resident.images_digest(params.dataset_root(), frames)
-    parts = {"format": FORMAT, "weights": weights_id(params), "image_size": int(params.get("data.image_size")),
+    images = digest or resident.images_digest(cfg.data_root, frames)
+    parts = {"format": FORMAT, "weights": weights_id(cfg), "image_size": cfg.image_size,
              "images": images, "code": code_digest("train"), "torch": torch.__version__,
-             "device": device.type, "amp": resident.resolve_amp(params.get("train.amp"), device)}
+             "device": device.type, "amp": resident.resolve_amp(cfg.amp, device)}
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=10).hexdigest()
     return digest, parts
 
@@ -200,7 +200,7 @@ def _extract(model, pixels, orientations, layers, arrays, device, batch_size, am
         start += n
 
 
-def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=print, workers: int | None = None,
+def ensure_cache(cfg: TrainConfig, model: nn.Module, device: torch.device, log=print, workers: int | None = None,
                  digest: str | None = None) -> dict:
     """Build the missing cached layers for this config (under a lock); return where they are.
 
@@ -208,15 +208,14 @@ def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=pri
     built first if missing, with ``workers`` decode processes; default ``train.num_workers``).
     Returns ``{"dir", "layers", "bytes", "built", "extract_seconds", "key", "dtype", "view_dtype"}``.
     """
-    size = int(params.get("data.image_size"))
-    split_dir = params.path("split.dir")
-    frames = {s: read_split(split_dir, s) for s in ("train", "val")}
-    layers = needed_layers(params)
-    digest = digest or resident.images_digest(params.dataset_root(), frames)
-    key, parts = cache_key(params, frames, device, digest)
+    size = cfg.image_size
+    frames = {s: read_split(cfg.split_dir, s) for s in ("train", "val")}
+    layers = needed_layers(cfg)
+    digest = digest or resident.images_digest(cfg.data_root, frames)
+    key, parts = cache_key(cfg, frames, device, digest)
     amp = parts["amp"]
     dtype, view_dtype = feature_dtype(amp)
-    root = params.shared_path("train.feature_cache")
+    root = cfg.feature_cache
     entry = root / key
     n_train, n_val = len(frames["train"]), len(frames["val"])
     total = cache_bytes(layers, size, n_train, n_val, dtype.itemsize)
@@ -239,8 +238,8 @@ def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=pri
                                 f"{free / 2**30:.2f} GB free (free space, move it, or set train.reuse_frozen: false)")
         write_json(entry / "key.json", parts)
         started = time.perf_counter()
-        workers = resident.resolve_workers(params.get("train.num_workers")) if workers is None else workers
-        images = resident.ensure_images(params, frames, workers, log, digest)
+        workers = resident.resolve_workers(cfg.num_workers) if workers is None else workers
+        images = resident.ensure_images(cfg, frames, workers, log, digest)
         placer = resident.Placer(device, log)
         was_training = model.training
         model.eval()
@@ -255,8 +254,8 @@ def ensure_cache(params: Params, model: nn.Module, device: torch.device, log=pri
                                                               shape=(orientations, n, *layer_shape(layer, size)))
                 with resident.entry_lock(root, images["key"], shared=True):
                     pixels = placer.place(images["files"][split], f"decoded {split} images")
-                _extract(model, pixels, orientations, missing, arrays, device, int(params.get("train.batch_size")),
-                         amp, bool(params.get("train.channels_last")), f"features {split}")
+                _extract(model, pixels, orientations, missing, arrays, device, cfg.batch_size, amp,
+                         cfg.channels_last, f"features {split}")
                 del pixels
                 for arr in arrays.values():
                     arr.flush()
@@ -279,13 +278,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Estimate the frozen-feature cache of a config")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    size = int(params.get("data.image_size"))
-    frames = {s: read_split(params.path("split.dir"), s) for s in ("train", "val")}
-    layers = needed_layers(params)
+    cfg = load_params(args.params).train_config()
+    size = cfg.image_size
+    frames = {s: read_split(cfg.split_dir, s) for s in ("train", "val")}
+    layers = needed_layers(cfg)
     total = cache_bytes(layers, size, len(frames["train"]), len(frames["val"]))
     print(f"{'+'.join(layers)} at {size}x{size}, {len(frames['train'])} train x 2 + {len(frames['val'])} val "
-          f"images: {total / 2**20:.1f} MB under {params.shared_path('train.feature_cache')}")
+          f"images: {total / 2**20:.1f} MB under {cfg.feature_cache}")
 
 
 if __name__ == "__main__":

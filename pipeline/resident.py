@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from pipeline.cli import PipelineError
-from pipeline.config import Params
+from pipeline.config import TrainConfig
 from pipeline.files import write_json
 from pipeline.data import FaceDataset, IMAGENET_MEAN, IMAGENET_STD, make_loader
 from pipeline.celeba import detect_layout
@@ -97,13 +97,13 @@ def images_digest(root: Path, frames: dict[str, pd.DataFrame]) -> str:
     return images.hexdigest()
 
 
-def image_key(params: Params, frames: dict[str, pd.DataFrame], digest: str | None = None) -> tuple[str, dict]:
+def image_key(cfg: TrainConfig, frames: dict[str, pd.DataFrame], digest: str | None = None) -> tuple[str, dict]:
     from PIL import __version__ as pillow
 
     from pipeline.stages import code_digest
 
-    parts = {"format": IMAGE_FORMAT, "image_size": int(params.get("data.image_size")),
-             "images": digest or images_digest(params.dataset_root(), frames),
+    parts = {"format": IMAGE_FORMAT, "image_size": cfg.image_size,
+             "images": digest or images_digest(cfg.data_root, frames),
              "code": code_digest("train"), "pillow": pillow}
     return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=10).hexdigest(), parts
 
@@ -135,15 +135,15 @@ def touch(entry: Path) -> None:
     (entry / LAST_USED).touch()
 
 
-def ensure_images(params: Params, frames: dict[str, pd.DataFrame], workers: int, log=print,
+def ensure_images(cfg: TrainConfig, frames: dict[str, pd.DataFrame], workers: int, log=print,
                   digest: str | None = None) -> dict:
     """Decode each image of ``frames`` once into ``images-<key>/<split>.npy`` (uint8, N x 3 x S x S).
 
     Returns ``{"dir", "key", "files", "built", "decode_seconds", "bytes"}``.
     """
-    size = int(params.get("data.image_size"))
-    key, parts = image_key(params, frames, digest)
-    root = params.shared_path("train.feature_cache")
+    size = cfg.image_size
+    key, parts = image_key(cfg, frames, digest)
+    root = cfg.feature_cache
     name = IMAGE_PREFIX + key
     entry = root / name
     files = {split: entry / f"{split}.npy" for split in frames}
@@ -169,7 +169,7 @@ def ensure_images(params: Params, frames: dict[str, pd.DataFrame], workers: int,
                 tmp = files[split].with_suffix(f".tmp{os.getpid()}.npy")
                 tmps.append((tmp, files[split]))
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(frame), 3, size, size))
-                ds = FaceDataset(params.dataset_root(), frame, size)
+                ds = FaceDataset(cfg.data_root, frame, size)
                 start = 0
                 for batch in make_loader(_Pixels(ds), 256, workers, shuffle=False):
                     out[start:start + len(batch)] = batch.numpy()
@@ -416,17 +416,17 @@ def enforce_budget(root: Path, budget_bytes: int, keep=(), log=print) -> list[st
     return removed
 
 
-def budget_bytes(params: Params) -> int:
-    return int(float(params.get("train.cache_budget_gb")) * 2**30)
+def budget_bytes(cfg: TrainConfig) -> int:
+    return int(cfg.cache_budget_gb * 2**30)
 
 
 # --- the training stage's data, in one call ----------------------------------------------
 
-def frozen_mode(params: Params, placer: Placer, feature_bytes: int, image_bytes: int, log=print) -> str:
+def frozen_mode(cfg: TrainConfig, placer: Placer, feature_bytes: int, image_bytes: int, log=print) -> str:
     """``train.frozen_features``: ``cache`` (train from cached frozen features) or ``recompute``
     (run the frozen prefix on resident images every step). ``auto`` recomputes only when the
     features would not fit on the device but the images would; the choice is logged."""
-    mode = str(params.get("train.frozen_features"))
+    mode = cfg.frozen_features
     if mode == "auto":
         recompute = not placer.fits_device(feature_bytes) and placer.fits_device(image_bytes)
         mode = "recompute" if recompute else "cache"
@@ -441,7 +441,7 @@ def frozen_mode(params: Params, placer: Placer, feature_bytes: int, image_bytes:
     return mode
 
 
-def training_data(params: Params, model: nn.Module, strategy: str, device: torch.device, amp: str,
+def training_data(cfg: TrainConfig, model: nn.Module, strategy: str, device: torch.device, amp: str,
                   workers: int, channels_last: bool, log=print) -> dict:
     """The network to train and its batch sources for one variant, data resident where it fits.
 
@@ -454,30 +454,30 @@ def training_data(params: Params, model: nn.Module, strategy: str, device: torch
     from pipeline import frozen
     from pipeline.data import read_split
 
-    size = int(params.get("data.image_size"))
-    frames = {s: read_split(params.path("split.dir"), s) for s in ("train", "val")}
+    size = cfg.image_size
+    frames = {s: read_split(cfg.split_dir, s) for s in ("train", "val")}
     labels = {s: torch.tensor(f["label"].to_numpy(), dtype=torch.float32) for s, f in frames.items()}
-    root = params.shared_path("train.feature_cache")
+    root = cfg.feature_cache
     placer = Placer(device, log)
-    digest = images_digest(params.dataset_root(), frames)
+    digest = images_digest(cfg.data_root, frames)
     out = {"layer": "none", "mode": "plain", "cache": None, "images": None}
 
     def image_sources():
-        images = ensure_images(params, frames, workers, log, digest)
+        images = ensure_images(cfg, frames, workers, log, digest)
         out["images"] = images
         with entry_lock(root, images["key"], shared=True):
             return {s: ImageBatches(placer.place(images["files"][s], f"decoded {s} images"), labels[s], device)
                     for s in frames}
 
-    if bool(params.get("train.reuse_frozen")):
-        layer = frozen.layer_for(strategy, bool(params.get("train.frozen_dropout")))
+    if cfg.reuse_frozen:
+        layer = frozen.layer_for(strategy, cfg.frozen_dropout)
         n_train, n_val = len(frames["train"]), len(frames["val"])
         dtype, view_dtype = frozen.feature_dtype(amp)
-        mode = frozen_mode(params, placer, frozen.cache_bytes([layer], size, n_train, n_val, dtype.itemsize),
+        mode = frozen_mode(cfg, placer, frozen.cache_bytes([layer], size, n_train, n_val, dtype.itemsize),
                            3 * size * size * (n_train + n_val), log)
         out.update(layer=layer, mode=mode, net=frozen.Tail(model, layer, size).to(device))
         if mode == "cache":
-            cache = frozen.ensure_cache(params, model, device, log, workers=workers, digest=digest)
+            cache = frozen.ensure_cache(cfg, model, device, log, workers=workers, digest=digest)
             out["cache"] = cache
             with entry_lock(root, cache["key"], shared=True):
                 for s in frames:
@@ -492,5 +492,5 @@ def training_data(params: Params, model: nn.Module, strategy: str, device: torch
     else:
         out.update(net=model, **image_sources())
     in_use = {e["key"] for e in (out["cache"], out["images"]) if e}
-    enforce_budget(root, budget_bytes(params), keep=in_use, log=log)
+    enforce_budget(root, budget_bytes(cfg), keep=in_use, log=log)
     return out

@@ -9,6 +9,7 @@ a finished stage removes the folder.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Params
 from pipeline.files import atomic_write
 from pipeline.stages import code_digest
 
@@ -41,17 +41,19 @@ class Progress:
         return len(self.history) + 1
 
 
-def fingerprint(params: Params, variant: str, device: torch.device) -> str:
-    """What a resume state must have been made with: this variant's settings, the data, the code."""
-    cfg = params.resolved()
-    cfg["train"]["variants"] = {variant: params.variant(variant)}
+def fingerprint(config: dict, variant: str, split_dir: Path, device: torch.device) -> str:
+    """What a resume state must have been made with: this variant's settings (``config``: the
+    whole params file, as :meth:`pipeline.config.Params.resolved` gives it), the data (the split
+    lists in ``split_dir``), the code."""
+    cfg = copy.deepcopy(config)
+    cfg["train"]["variants"] = {variant: cfg["train"]["variants"][variant]}
     for key in NOT_COMPUTED:
         cfg["train"].pop(key, None)
     h = hashlib.blake2b(json.dumps({k: cfg[k] for k in ("data", "split", "model", "train")}, sort_keys=True,
                                    default=str).encode(), digest_size=16)
-    h.update(f"{params.get('base.seed')}|{device.type}|{torch.__version__}".encode())
+    h.update(f"{cfg['base']['seed']}|{device.type}|{torch.__version__}".encode())
     for name in ("train", "val"):
-        h.update((params.path("split.dir") / f"{name}.csv").read_bytes())
+        h.update((split_dir / f"{name}.csv").read_bytes())
     h.update(code_digest("train").encode())
     return h.hexdigest()
 

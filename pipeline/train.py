@@ -66,35 +66,34 @@ class Run:
 def build(params: Params, variant: str) -> Run:
     """The data, the model with the variant's trainable layers, its optimizer and the frozen-feature
     cache (or the plain loop's resident images)."""
-    spec, seed = params.variant(variant), params.get("base.seed")
-    device = resolve_device(str(params.get("train.device")))
-    amp = resident.resolve_amp(params.get("train.amp"), device)
-    channels_last = params.get("train.channels_last") and device.type == "cuda"
-    frames = {name: read_split(params.path("split.dir"), name) for name in ("train", "val")}
+    cfg, spec = params.train_config(), params.variant(variant)
+    device = resolve_device(cfg.device)
+    amp = resident.resolve_amp(cfg.amp, device)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    frames = {name: read_split(cfg.split_dir, name) for name in ("train", "val")}
     for frame in frames.values():  # every listed image present and readable, before any work
-        FaceDataset(params.dataset_root(), frame, params.get("data.image_size"))
+        FaceDataset(params.dataset_root(), frame, cfg.image_size)
     tracking.setup(params)  # a bad tracking URI fails here, before any work
-    model = build_model(params.weights(), seed, params.root)
+    model = build_model(cfg.weights, cfg.seed, params.root)
     trainable = set_strategy(model, spec["strategy"])
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=spec["lr"])
-    workers = resident.resolve_workers(params.get("train.num_workers"))
-    data = resident.training_data(params, model, spec["strategy"], device, amp, workers, channels_last)
+    workers = resident.resolve_workers(cfg.num_workers)
+    data = resident.training_data(cfg, model, spec["strategy"], device, amp, workers, channels_last)
     settings = {
-        "variant": variant, "strategy": spec["strategy"], "lr": spec["lr"], "epochs": params.get("train.epochs"),
-        "batch_size": params.get("train.batch_size"), "image_size": params.get("data.image_size"),
-        "weights": params.get("model.weights"), "seed": seed, "data_source": params.get("data.source"),
+        "variant": variant, "strategy": spec["strategy"], "lr": spec["lr"], "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size, "image_size": cfg.image_size, "weights": params.get("model.weights"),
+        "seed": cfg.seed, "data_source": params.get("data.source"),
         "n_train": len(frames["train"]), "n_val": len(frames["val"]), "optimizer": "Adam",
         "loss": "BCEWithLogitsLoss", "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "trainable_layers": ",".join(sorted({n.rsplit(".", 1)[0] for n in trainable})),
-        "reuse_frozen": params.get("train.reuse_frozen"), "frozen_dropout": params.get("train.frozen_dropout"),
+        "reuse_frozen": cfg.reuse_frozen, "frozen_dropout": cfg.frozen_dropout,
         "amp": amp, "device": device.type, "channels_last": channels_last, "cached_layer": data["layer"],
         "frozen_features": data["mode"]}
-    return Run(variant, spec, seed, params.get("train.epochs"), params.get("train.batch_size"),
-               params.get("train.frozen_dropout"), device, {"amp": amp, "channels_last": channels_last},
-               model, optimizer, data, frames, settings,
+    return Run(variant, spec, cfg.seed, cfg.epochs, cfg.batch_size, cfg.frozen_dropout, device,
+               {"amp": amp, "channels_last": channels_last}, model, optimizer, data, frames, settings,
                params.path("train.models_dir") / variant / resume.RESUME_DIR)
 
 
@@ -148,10 +147,10 @@ class EpochEnd:
 def train(params: Params, variant: str) -> dict:
     """Train one variant; return its summary (also written to the metrics JSON)."""
     run = build(params, variant)
-    fingerprint = resume.fingerprint(params, variant, run.device)
+    fingerprint = resume.fingerprint(params.resolved(), variant, params.path("split.dir"), run.device)
     done = resume.start(run.work, fingerprint, run.model, run.optimizer)
     meta = {"variant": variant, "strategy": run.spec["strategy"], "lr": run.spec["lr"],
-            "image_size": params.get("data.image_size"), "weights": params.weights(), "seed": run.seed,
+            "image_size": run.settings["image_size"], "weights": params.weights(), "seed": run.seed,
             "config": params.resolved()}
     cache = run.data["cache"]
     with mlflow.start_run(**({"run_id": done.run_id} if done.run_id else {"run_name": variant})) as active:

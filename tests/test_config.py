@@ -50,6 +50,27 @@ def test_paths_resolve_against_the_params_folder(make_params, tmp_path, monkeypa
     assert celeba.dataset_root() == tmp_path / "celeba"
 
 
+
+def test_the_train_config_is_read_once_typed_and_resolved(make_params, tmp_path, monkeypatch):
+    """What the training core takes instead of Params: values as validated, paths absolute (the
+    weights file against the params folder, the feature cache against DVC_ROOT when set)."""
+    weights = tmp_path / "w" / "vgg16.pt"
+    params = make_params({"model.weights": "w/vgg16.pt", "train.cache_budget_gb": 2,
+                          "train.variants": {"a": {"strategy": "last_block", "lr": 0.1},
+                                             "b": {"strategy": "head_only", "lr": 0.2}}})
+    cfg = params.train_config()
+    assert (cfg.weights, cfg.data_root, cfg.split_dir, cfg.feature_cache) == (
+        str(weights), tmp_path / "data" / "synthetic", tmp_path / "data" / "split", tmp_path / "data" / "features")
+    assert (cfg.seed, cfg.image_size, cfg.epochs, cfg.batch_size) == (42, 32, 1, 16)
+    assert cfg.cache_budget_gb == 2.0 and isinstance(cfg.cache_budget_gb, float)
+    assert (cfg.reuse_frozen, cfg.frozen_dropout, cfg.amp, cfg.device) == (True, True, "auto", "cpu")
+    assert cfg.strategies == ("last_block", "head_only")
+    with pytest.raises(AttributeError):
+        cfg.epochs = 2  # frozen: a module below the stage cannot change what the stage read
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    (tmp_path / "repo").mkdir()
+    assert params.train_config().feature_cache == tmp_path / "repo" / "data" / "features"
+
 def test_stage_cli_prints_one_line_and_exits_1(make_params, tmp_path, capsys):
     from pipeline.cli import run_main
     from pipeline.split import main

@@ -79,7 +79,7 @@ def test_cache_is_built_once_sized_as_estimated_and_keyed_by_image_bytes(make_pa
     generate_from_params(params)
     split.split(params)
     model = build_model("none", seed=42)
-    first = frozen.ensure_cache(params, model, torch.device("cpu"), log=lambda m: None)
+    first = frozen.ensure_cache(params.train_config(), model, torch.device("cpu"), log=lambda m: None)
     assert first["built"] == ["pool4", "pool5"] and first["layers"] == ["pool4", "pool5"]
     files = sorted(first["dir"].glob("*.npy"))
     assert [f.name for f in files] == ["pool4.train.npy", "pool4.val.npy", "pool5.train.npy", "pool5.val.npy"]
@@ -97,12 +97,12 @@ def test_cache_is_built_once_sized_as_estimated_and_keyed_by_image_bytes(make_pa
         ref = frozen._forward_layers(model.eval(), ds[3][0].unsqueeze(0), ["pool4"])["pool4"][0]
     assert torch.allclose(torch.from_numpy(np.array(pool4[1, 3])), ref, atol=1e-5)
 
-    again = frozen.ensure_cache(params, model, torch.device("cpu"), log=lambda m: None)
+    again = frozen.ensure_cache(params.train_config(), model, torch.device("cpu"), log=lambda m: None)
     assert again["built"] == [] and again["dir"] == first["dir"]
 
     image = detect_layout(params.dataset_root()).image_dir / train_ids.iloc[0]
     Image.new("RGB", (178, 218), (10, 20, 30)).save(image)  # same id, other pixels
-    changed = frozen.ensure_cache(params, model, torch.device("cpu"), log=lambda m: None)
+    changed = frozen.ensure_cache(params.train_config(), model, torch.device("cpu"), log=lambda m: None)
     assert changed["dir"] != first["dir"] and changed["built"] == ["pool4", "pool5"]
 
 
@@ -112,7 +112,7 @@ def test_cache_that_does_not_fit_fails_before_writing(make_params, monkeypatch):
     split.split(params)
     monkeypatch.setattr(frozen.shutil, "disk_usage", lambda p: type("U", (), {"free": 1024})())
     with pytest.raises(PipelineError, match=r"train.feature_cache: .* needs .* GB, only .* free"):
-        frozen.ensure_cache(params, build_model("none", seed=42), torch.device("cpu"), log=lambda m: None)
+        frozen.ensure_cache(params.train_config(), build_model("none", seed=42), torch.device("cpu"), log=lambda m: None)
     assert not list(params.path("train.feature_cache").glob("*/*.npy"))
 
 
@@ -134,7 +134,7 @@ def test_bf16_autocast_runs_and_is_logged(make_params):
 
 def _key(params, device: str = "cpu") -> str:
     frames = {s: read_split(params.path("split.dir"), s) for s in ("train", "val")}
-    return frozen.cache_key(params, frames, torch.device(device))[0]
+    return frozen.cache_key(params.train_config(), frames, torch.device(device))[0]
 
 
 KEY_INPUTS = ["weights-file-bytes", "image-size", "amp", "device-type", "torch-version",

@@ -27,7 +27,7 @@ def test_decoded_images_are_facedatasets_tensors_bitwise(make_params):
     generate_from_params(params)
     split.split(params)
     frames = {s: read_split(params.path("split.dir"), s) for s in ("train", "val")}
-    images = resident.ensure_images(params, frames, 0, quiet)
+    images = resident.ensure_images(params.train_config(), frames, 0, quiet)
     assert images["built"] and images["dir"].name.startswith(resident.IMAGE_PREFIX)
     pixels = np.load(images["files"]["train"])
     assert pixels.dtype == np.uint8 and pixels.shape == (len(frames["train"]), 3, 32, 32)
@@ -40,7 +40,7 @@ def test_decoded_images_are_facedatasets_tensors_bitwise(make_params):
     ref = torch.stack([ds[int(i)][0] for i in idx])
     assert x.dtype == ref.dtype == torch.float32 and torch.equal(x, ref)
     assert torch.equal(y, ds.labels[idx])
-    again = resident.ensure_images(params, frames, 0, quiet)
+    again = resident.ensure_images(params.train_config(), frames, 0, quiet)
     assert not again["built"] and again["dir"] == images["dir"]
 
 
@@ -162,7 +162,7 @@ def test_train_stage_trims_the_cache_to_its_budget(make_params):
     model = build_model("none", 42)
     set_strategy(model, "head_only")
     log = []
-    data = resident.training_data(params, model, "head_only", CPU, "none", 0, False, log.append)
+    data = resident.training_data(params.train_config(), model, "head_only", CPU, "none", 0, False, log.append)
     assert not stale.exists() and data["cache"]["dir"].exists()
     assert any(line.startswith("cache budget: removed") and stale.name in line for line in log)
     assert any(line.startswith("frozen prefix: cache") for line in log)
@@ -206,9 +206,9 @@ def test_frozen_prefix_recomputes_when_only_the_images_fit(make_params, monkeypa
     _fake_cuda(monkeypatch, free_gb)
     log = []
     placer = resident.Placer(torch.device("cuda"), log.append)
-    assert resident.frozen_mode(params, placer, 24 << 30, int(4.5 * 2**30), log.append) == expected
+    assert resident.frozen_mode(params.train_config(), placer, 24 << 30, int(4.5 * 2**30), log.append) == expected
     assert log[0].startswith(f"frozen prefix: {expected} (train.frozen_features: {setting}")
-    assert resident.frozen_mode(make_params({"train.frozen_features": "auto"}), resident.Placer(CPU, quiet),
+    assert resident.frozen_mode(make_params({"train.frozen_features": "auto"}).train_config(), resident.Placer(CPU, quiet),
                                 24 << 30, 1, quiet) == "cache"  # the CPU reads its cache
 
 
@@ -235,7 +235,7 @@ def test_bf16_features_are_stored_in_half_the_bytes(make_params):
     split.split(params)
     from pipeline.model import build_model
 
-    cache = frozen.ensure_cache(params, build_model("none", 42), CPU, quiet, workers=0)
+    cache = frozen.ensure_cache(params.train_config(), build_model("none", 42), CPU, quiet, workers=0)
     stored = np.load(frozen._files(cache["dir"], "pool5")["train"])
     n_val = len(read_split(params.path("split.dir"), "val"))
     assert stored.dtype == np.int16 and cache["view_dtype"] == torch.bfloat16
