@@ -62,7 +62,7 @@ def as_a_user(root: Path, line: str, **extra_env) -> subprocess.CompletedProcess
 
 def test_the_readmes_experiment_lines_run_as_written(tmp_path):
     """The README's queue block (two queued lr values, ``dvc queue start -j 2``), then its
-    comparison block (``dvc exp show ...``, ``dvc exp run -S ...``), taken from README.md and
+    comparison block (two ``dvc exp show ...``, ``dvc exp run -S ...``), taken from README.md and
     run in a new shell with the venv activated as the README says. The queued runs land in the
     repo's SQLite store, each once; the comparison shows them."""
     queue, compare = (readme_lines(section) for section in README_SECTIONS)
@@ -82,7 +82,11 @@ def test_the_readmes_experiment_lines_run_as_written(tmp_path):
     assert yaml.safe_load((root / "params.yaml").read_text())["train"]["variants"][VARIANT]["lr"] == lr
     assert json.loads((root / "runs" / f"{VARIANT}.json").read_text())["run_id"]
     assert json.loads((root / "metrics" / "evaluate.json").read_text())["n_test"] > 0
-    (show_line,) = [line for line in compare if line.startswith("dvc exp show")]
-    shown = as_a_user(root, show_line).stdout
+    show_lines = [line for line in compare if line.startswith("dvc exp show")]
+    assert len(show_lines) == 2, compare  # the scores, the lrs
+    tables = [as_a_user(root, line).stdout for line in show_lines]
+    for table in tables:  # the README says they fit a 200-column screen
+        assert max(map(len, table.splitlines())) <= 200, table
+    assert "best_val_acc" in tables[0] and "selected" in tables[0], tables[0]
     for value in (*lrs, lr):
-        assert str(value) in shown, (value, shown)
+        assert str(value) in tables[1], (value, tables[1])
