@@ -160,26 +160,49 @@ def _got(value: Any) -> str:
     return repr(value)
 
 
+class _Checks:
+    """``check(cond, msg)`` and its typed forms, each failing with one line naming the file."""
+
+    def __init__(self, p: Params):
+        self.p = p
+
+    def __call__(self, cond: bool, msg: str) -> None:
+        if not cond:
+            raise PipelineError(f"{self.p.name}: {msg}")
+
+    def integer(self, key: str, minimum: int, why: str = "") -> None:
+        value = self.p.get(key)
+        self(_is_int(value) and value >= minimum, f"{key} must be an integer >= {minimum}{why}, got {_got(value)}")
+
+    def text(self, key: str) -> None:
+        value = self.p.get(key)
+        self(isinstance(value, str) and value.strip() != "", f"{key} must be a non-empty string, got {_got(value)}")
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> None:
+        value = self.p.get(key)
+        self(value in allowed, f"{key} must be one of {', '.join(allowed)}, got {_got(value)}")
+
+
 def validate(p: Params) -> None:
     """Cheap checks of the knobs, so a bad value fails before any work is done."""
+    check = _Checks(p)
+    check.integer("base.seed", 0)
+    _validate_data(p, check)
+    _validate_split(p, check)
+    _validate_train(p, check)
+    _validate_variants(p, check)
+    check.choice("select.champion_dtype", CHAMPION_DTYPES)
+    for key in ("split.dir", "train.feature_cache", "train.models_dir", "train.runs_dir", "train.metrics_dir",
+                "train.history_dir", "select.output", "select.curves", "select.metrics", "evaluate.metrics",
+                "evaluate.confusion_csv", "evaluate.confusion_png"):
+        check.text(key)
 
-    def check(cond: bool, msg: str) -> None:
-        if not cond:
-            raise PipelineError(f"{p.name}: {msg}")
 
-    def check_int(key: str, minimum: int, why: str = "") -> None:
-        value = p.get(key)
-        check(_is_int(value) and value >= minimum, f"{key} must be an integer >= {minimum}{why}, got {_got(value)}")
-
-    def check_str(key: str) -> None:
-        value = p.get(key)
-        check(isinstance(value, str) and value.strip() != "", f"{key} must be a non-empty string, got {_got(value)}")
-
-    check_int("base.seed", 0)
+def _validate_data(p: Params, check: _Checks) -> None:
     source = p.get("data.source")
     check(source in ("synthetic", "celeba"), f"data.source must be 'synthetic' or 'celeba', got {_got(source)}")
-    check_str("data.root")
-    check_str("data.synthetic.dir")
+    check.text("data.root")
+    check.text("data.synthetic.dir")
     root, generated = p.path("data.root").resolve(), p.path("data.synthetic.dir").resolve()
     if source == "celeba":
         # the generate stage replaces data.synthetic.dir: it must never be, hold or sit in the CelebA folder
@@ -190,27 +213,32 @@ def validate(p: Params) -> None:
         check(root == generated,
               f"data.root must be data.synthetic.dir ({p.get('data.synthetic.dir')}) when data.source is "
               f"synthetic, got {_got(p.get('data.root'))} (for your own CelebA folder set data.source: celeba)")
-    check_int("data.synthetic.images", 1)  # the generate stage runs in both modes
+    check.integer("data.synthetic.images", 1)  # the generate stage runs in both modes
     noise = p.get("data.synthetic.label_noise")
     check(_is_number(noise) and 0 <= noise <= 1,
           f"data.synthetic.label_noise must be a number from 0 to 1, got {_got(noise)}")
     limit = p.get("data.limit")
     check(limit is None or (_is_int(limit) and limit >= LIMIT_MIN),
           f"data.limit must be null (every image) or an integer >= {LIMIT_MIN}, got {_got(limit)}")
-    check_int("data.image_size", 32, " (VGG-16 halves it five times)")
-    group_by = p.get("split.group_by")
-    check(group_by in GROUP_BY, f"split.group_by must be one of {', '.join(GROUP_BY)}, got {_got(group_by)}")
+    check.integer("data.image_size", 32, " (VGG-16 halves it five times)")
+
+
+def _validate_split(p: Params, check: _Checks) -> None:
+    check.choice("split.group_by", GROUP_BY)
     fr = p.get("split.fractions")
     check(isinstance(fr, dict) and set(fr) == {"train", "val", "test"},
           f"split.fractions must have exactly the keys train, val, test, got {_got(fr)}")
     for name, value in fr.items():
         check(_is_number(value) and value > 0, f"split.fractions.{name} must be a positive number, got {_got(value)}")
     check(abs(sum(fr.values()) - 1.0) < 1e-6, f"split.fractions must sum to 1, got {sum(fr.values()):g}")
+
+
+def _validate_train(p: Params, check: _Checks) -> None:
     weights = p.get("model.weights")
     check(isinstance(weights, str) and weights.strip() != "",
           f"model.weights must be none, imagenet or the path of a VGG-16 state dict, got {_got(weights)}")
-    check_int("train.epochs", 1)
-    check_int("train.batch_size", 1)
+    check.integer("train.epochs", 1)
+    check.integer("train.batch_size", 1)
     workers = p.get("train.num_workers")
     check(workers == "auto" or (_is_int(workers) and workers >= 0),
           f"train.num_workers must be auto or an integer >= 0, got {_got(workers)}")
@@ -219,19 +247,13 @@ def validate(p: Params) -> None:
           f"train.device must be auto, cpu, cuda, cuda:N or mps, got {_got(device)}")
     for key in ("train.reuse_frozen", "train.frozen_dropout", "train.channels_last"):
         check(isinstance(p.get(key), bool), f"{key} must be true or false, got {_got(p.get(key))}")
-    amp = p.get("train.amp")
-    check(amp in AMP_MODES, f"train.amp must be one of {', '.join(AMP_MODES)}, got {_got(amp)}")
-    dtype = p.get("select.champion_dtype")
-    check(dtype in CHAMPION_DTYPES,
-          f"select.champion_dtype must be one of {', '.join(CHAMPION_DTYPES)}, got {_got(dtype)}")
-    mode = p.get("train.frozen_features")
-    check(mode in FROZEN_FEATURES,
-          f"train.frozen_features must be one of {', '.join(FROZEN_FEATURES)}, got {_got(mode)}")
+    check.choice("train.amp", AMP_MODES)
+    check.choice("train.frozen_features", FROZEN_FEATURES)
     budget = p.get("train.cache_budget_gb")
     check(_is_number(budget) and budget > 0, f"train.cache_budget_gb must be a positive number, got {_got(budget)}")
-    for key in ("split.dir", "train.feature_cache", "train.models_dir", "train.runs_dir", "train.metrics_dir", "train.history_dir", "select.output", "select.curves", "select.metrics",
-                "evaluate.metrics", "evaluate.confusion_csv", "evaluate.confusion_png"):
-        check_str(key)
+
+
+def _validate_variants(p: Params, check: _Checks) -> None:
     variants = p.variants()
     check(isinstance(variants, dict) and len(variants) >= 1, "train.variants must be a non-empty mapping")
     for name, v in variants.items():
