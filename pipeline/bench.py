@@ -194,20 +194,16 @@ def gpu_ceilings(params_path: Path, split_dir: Path) -> dict:
     """``{"gpu": name or None}``, and on CUDA the split sizes and :func:`ceilings` of the config."""
     import torch
 
-    from pipeline.engine import resolve_device
-    from pipeline.resident import resolve_amp
+    from pipeline.resident import placement
 
-    params = load_params(params_path)
-    device = resolve_device(str(params.get("train.device")))
+    cfg = load_params(params_path).train_config()
+    device, amp, channels_last = placement(cfg)
     if device.type != "cuda":
         return {"gpu": None}
     print("  ceilings: the same networks on synthetic inputs already on the GPU ...", file=sys.stderr, flush=True)
     sizes = {s: sum(1 for _ in open(split_dir / f"{s}.csv")) - 1 for s in ("train", "val")}
-    strategies = sorted({v["strategy"] for v in params.variants().values()})
-
-    c = ceilings(params.weights(), int(params.get("base.seed")), int(params.get("data.image_size")),
-                 int(params.get("train.batch_size")), resolve_amp(params.get("train.amp"), device), device,
-                 strategies, bool(params.get("train.frozen_dropout")), bool(params.get("train.channels_last")))
+    c = ceilings(cfg.weights, cfg.seed, cfg.image_size, cfg.batch_size, amp, device, sorted(set(cfg.strategies)),
+                 cfg.frozen_dropout, channels_last)
     return {"gpu": torch.cuda.get_device_name(device), "sizes": sizes, "ceilings": c}
 
 

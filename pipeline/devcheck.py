@@ -86,16 +86,14 @@ def run_variant(params, name: str, epochs: int, log=print, reuse: bool | None = 
 
     from pipeline import resident
     from pipeline.data import epoch_flips
-    from pipeline.engine import evaluate_batches, resolve_device, train_epoch
+    from pipeline.engine import evaluate_batches, train_epoch
     from pipeline.model import build_model, set_strategy
     started = time.perf_counter()
     spec, cfg = params.variant(name), params.train_config()
     if reuse is not None:
         cfg = dataclasses.replace(cfg, reuse_frozen=reuse)
     seed, batch = cfg.seed, cfg.batch_size
-    device = resolve_device(cfg.device)
-    amp = resident.resolve_amp(cfg.amp, device)
-    channels_last = cfg.channels_last and device.type == "cuda"
+    device, amp, channels_last = resident.placement(cfg)
     model = build_model(cfg.weights, seed, params.root)
     set_strategy(model, spec["strategy"])
     model.to(device)
@@ -135,8 +133,7 @@ def check(args) -> dict:
     import torch
 
     from pipeline.bench import ceiling_lines, ceilings, epoch_ceiling
-    from pipeline.engine import resolve_device
-    from pipeline.resident import resolve_amp
+    from pipeline.resident import placement
     from pipeline.split import split
 
     workdir = Path(args.workdir).resolve()
@@ -148,9 +145,9 @@ def check(args) -> dict:
     log(f"devcheck: {args.images} images ({args.distinct} distinct) in {time.perf_counter() - t:.1f} s")
     params = load_params(write_params(workdir, args))
     split(params, log=log)
-    device = resolve_device(str(params.get("train.device")))
+    device, amp, _ = placement(params.train_config())
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    log(f"devcheck: device {device} ({gpu or 'no GPU'}), amp {resolve_amp(params.get('train.amp'), device)}, "
+    log(f"devcheck: device {device} ({gpu or 'no GPU'}), amp {amp}, "
         f"torch {torch.__version__}")
     grid = []
     for name in (args.variants.split(",") if args.variants else params.variants()):

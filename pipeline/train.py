@@ -37,10 +37,10 @@ import torch
 
 from pipeline import resident, resume, tracking
 from pipeline.cli import run_main
-from pipeline.config import Params, load_params
+from pipeline.config import Params, TrainConfig, load_params
 from pipeline.files import atomic_write, write_json
 from pipeline.data import FaceDataset, epoch_flips, read_split
-from pipeline.engine import evaluate_batches, progress, resolve_device, train_epoch
+from pipeline.engine import evaluate_batches, progress, train_epoch
 from pipeline.model import build_model, save_checkpoint, set_strategy, trainable_state
 
 
@@ -49,10 +49,7 @@ class Run:
     """One variant's training, as :func:`build` sets it up."""
     variant: str
     spec: dict  # train.variants.<variant>: strategy, lr
-    seed: int
-    epochs: int
-    batch_size: int
-    frozen_dropout: bool
+    cfg: TrainConfig  # seed, epochs, batch size, frozen dropout ...
     device: torch.device
     loop: dict  # amp, channels_last: how engine runs a batch
     model: torch.nn.Module
@@ -67,9 +64,7 @@ def build(params: Params, variant: str) -> Run:
     """The data, the model with the variant's trainable layers, its optimizer and the frozen-feature
     cache (or the plain loop's resident images)."""
     cfg, spec = params.train_config(), params.variant(variant)
-    device = resolve_device(cfg.device)
-    amp = resident.resolve_amp(cfg.amp, device)
-    channels_last = cfg.channels_last and device.type == "cuda"
+    device, amp, channels_last = resident.placement(cfg)
     frames = {name: read_split(cfg.split_dir, name) for name in ("train", "val")}
     for frame in frames.values():  # every listed image present and readable, before any work
         FaceDataset(params.dataset_root(), frame, cfg.image_size)
@@ -92,24 +87,24 @@ def build(params: Params, variant: str) -> Run:
         "reuse_frozen": cfg.reuse_frozen, "frozen_dropout": cfg.frozen_dropout,
         "amp": amp, "device": device.type, "channels_last": channels_last, "cached_layer": data["layer"],
         "frozen_features": data["mode"]}
-    return Run(variant, spec, cfg.seed, cfg.epochs, cfg.batch_size, cfg.frozen_dropout, device,
-               {"amp": amp, "channels_last": channels_last}, model, optimizer, data, frames, settings,
+    return Run(variant, spec, cfg, device, {"amp": amp, "channels_last": channels_last}, model, optimizer, data, frames, settings,
                params.path("train.models_dir") / variant / resume.RESUME_DIR)
 
 
 def fit(run: Run, first_epoch: int, on_epoch: Callable[[dict, dict, dict, float], None]) -> None:
     """The epoch loop: train one epoch, validate, hand ``(row, train, val, seconds)`` to ``on_epoch``."""
     n = len(run.frames["train"])
-    for epoch in progress(range(first_epoch, run.epochs + 1), run.variant, leave=True):
-        epoch_seed = run.seed * 1000 + epoch
+    cfg = run.cfg
+    for epoch in progress(range(first_epoch, cfg.epochs + 1), run.variant, leave=True):
+        epoch_seed = cfg.seed * 1000 + epoch
         torch.manual_seed(epoch_seed)  # dropout of this epoch
         # make_loader's shuffle of this epoch and FaceDataset's flips, as index tensors
         order = resident.epoch_order(n, epoch_seed)
-        flips = epoch_flips(n, run.seed, epoch)
+        flips = epoch_flips(n, cfg.seed, epoch)
         started = time.perf_counter()
-        tr = train_epoch(run.data["net"], run.data["train"], order, flips, run.batch_size, run.optimizer,
-                         run.device, desc=f"epoch {epoch} train", frozen_dropout=run.frozen_dropout, **run.loop)
-        va = evaluate_batches(run.data["net"], run.data["val"], run.batch_size, run.device,
+        tr = train_epoch(run.data["net"], run.data["train"], order, flips, cfg.batch_size, run.optimizer,
+                         run.device, desc=f"epoch {epoch} train", frozen_dropout=cfg.frozen_dropout, **run.loop)
+        va = evaluate_batches(run.data["net"], run.data["val"], cfg.batch_size, run.device,
                               desc=f"epoch {epoch} val", **run.loop)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
                "val_loss": va["loss"], "val_acc": va["acc"]}
@@ -147,17 +142,18 @@ class EpochEnd:
 def train(params: Params, variant: str) -> dict:
     """Train one variant; return its summary (also written to the metrics JSON)."""
     run = build(params, variant)
-    fingerprint = resume.fingerprint(params.resolved(), variant, params.path("split.dir"), run.device)
+    config = params.resolved()  # the checkpoints' copy of the whole config; the resume key hashes it
+    fingerprint = resume.fingerprint(config, variant, run.cfg.split_dir, run.device)
     done = resume.start(run.work, fingerprint, run.model, run.optimizer)
     meta = {"variant": variant, "strategy": run.spec["strategy"], "lr": run.spec["lr"],
-            "image_size": run.settings["image_size"], "weights": params.weights(), "seed": run.seed,
-            "config": params.resolved()}
+            "image_size": run.cfg.image_size, "weights": run.cfg.weights, "seed": run.cfg.seed,
+            "config": config}
     cache = run.data["cache"]
     with mlflow.start_run(**({"run_id": done.run_id} if done.run_id else {"run_name": variant})) as active:
         if done.run_id is None:
             tracking.log_train_start(params, variant, run.settings, run.frames)
         else:
-            print(f"{variant}: resuming MLflow run {done.run_id} after epoch {len(done.history)} of {run.epochs}")
+            print(f"{variant}: resuming MLflow run {done.run_id} after epoch {len(done.history)} of {run.cfg.epochs}")
             mlflow.set_tag(resume.TAG_RESUMED, str(len(done.history)))
             tracking.log_missing_epochs(done.run_id, done.history, done.epoch_seconds,
                                         lambda epoch: resume.epoch_checkpoint(run.work, epoch))

@@ -1,7 +1,6 @@
 """The data are a dependency: ``dvc.lock`` holds the hash of ``data.root``, and a changed label or
 image re-runs split, on real CelebA and on the generated default. (That a changed image puts every
 stage that reads images out of date, and select not: tests/test_pipeline_e2e.py, on its repro.)"""
-import json
 
 import pandas as pd
 import pytest
@@ -9,13 +8,12 @@ import yaml
 
 from helpers.config import CELEBA_SAMPLE
 from pipeline.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
-from helpers.projects import new_project, sh, stages_run
+from helpers.projects import UP_TO_DATE, changed_stages, new_project, sh, stages_run
 
 pytestmark = pytest.mark.slow
 N = 120
 VARIANT = "head_only-lr1e-3"
 ONE_VARIANT = {"train.variants": {VARIANT: {"strategy": "head_only", "lr": 0.001}}}
-UP_TO_DATE = "Data and pipelines are up to date."
 
 
 @pytest.fixture
@@ -39,10 +37,6 @@ def celeba_links(tmp_path):
 def split_labels(project) -> dict[str, int]:
     frames = [pd.read_csv(project / "data" / "split" / f"{s}.csv", dtype={"image_id": str}) for s in ("train", "val", "test")]
     return dict(pd.concat(frames).itertuples(index=False, name=None))
-
-
-def changed_stages(project) -> set[str]:
-    return set(json.loads(sh(["dvc", "status", "--json"], project).stdout))
 
 
 def test_a_flipped_label_or_a_changed_image_reruns_split_and_what_follows(celeba_links, tmp_path):

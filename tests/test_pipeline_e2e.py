@@ -15,7 +15,6 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 import yaml
@@ -25,7 +24,8 @@ from helpers.config import REPO
 from pipeline.celeba import IMAGE_DIR
 from pipeline.config import load_params
 from pipeline.data import CLASS_NAMES
-from helpers.projects import copy_project, env, free_port, new_project, sh, stages_run, stop_group
+from helpers.projects import (UP_TO_DATE, changed_stages, copy_project, env, free_port, new_project, sh,
+                              stages_run, stop_group)
 
 pytestmark = pytest.mark.slow
 # Two of the default's four variants, one per strategy: each scenario below needs two (one edited
@@ -188,11 +188,11 @@ def test_a_replaced_image_puts_every_stage_that_reads_images_out_of_date(own_cop
     to date (it re-runs once a ``train@`` stage writes a new run id to runs/). Here data.root is
     the generated set, so generate's output has changed too."""
     root = own_copy
-    assert json.loads(sh(["dvc", "status", "--json"], root).stdout) == {}
+    assert changed_stages(root) == set()
     victim, other = sorted((root / "data" / "synthetic" / IMAGE_DIR).glob("*.jpg"))[:2]
     victim.unlink()  # never write through: the workspace file may share the DVC cache's bytes
     victim.write_bytes(other.read_bytes())
-    assert set(json.loads(sh(["dvc", "status", "--json"], root).stdout)) == \
+    assert changed_stages(root) == \
         {"generate", "split", *(f"train@{v}" for v in VARIANTS), "evaluate"}
 
 # --- Through a DVC remote: push, a fresh `git clone` pulls, is up to date, runs nothing and
@@ -200,7 +200,6 @@ def test_a_replaced_image_puts_every_stage_that_reads_images_out_of_date(own_cop
 # fails in one line (pipeline/remote.py) ----------------------------------------------------------
 
 REMOTE_VARIANT = "head_only-lr1e-3"
-UP_TO_DATE = "Data and pipelines are up to date."
 
 
 def md5(path: Path) -> str:

@@ -34,6 +34,15 @@ def sh(cmd, cwd, check=True, timeout=900, **extra_env):
     return proc
 
 
+UP_TO_DATE = "Data and pipelines are up to date."  # what `dvc status` prints for a clean project
+
+
+def changed_stages(root: Path) -> set[str]:
+    """The stages ``dvc status`` finds out of date in ``root``."""
+    import json
+
+    return set(json.loads(sh(["dvc", "status", "--json"], root).stdout))
+
 def stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
