@@ -103,13 +103,23 @@ class Params:
         """The ``train`` section and what training reads beside it, typed and resolved."""
         t = self.get("train")
         return TrainConfig(
-            seed=self.get("base.seed"), image_size=self.get("data.image_size"), weights=self.weights(),
-            data_root=self.path("data.root"), split_dir=self.path("split.dir"),
+            root=self.root, seed=self.get("base.seed"), image_size=self.get("data.image_size"),
+            weights=self.weights(), data_source=self.get("data.source"), data_root=self.path("data.root"),
+            split_dir=self.path("split.dir"),
             feature_cache=self.shared_path("train.feature_cache"), epochs=t["epochs"], batch_size=t["batch_size"],
             num_workers=t["num_workers"], device=t["device"], reuse_frozen=t["reuse_frozen"],
             frozen_features=t["frozen_features"], cache_budget_gb=float(t["cache_budget_gb"]),
             frozen_dropout=t["frozen_dropout"], amp=t["amp"], channels_last=t["channels_last"],
             strategies=tuple(v["strategy"] for v in t["variants"].values()))
+
+    def mlflow_config(self) -> MlflowConfig:
+        """``base.mlflow``, resolved: the store (:func:`pipeline.store.tracking_uri`), the experiment,
+        where a local store keeps artifacts, the registered model."""
+        from pipeline.store import tracking_uri  # store imports this module
+
+        return MlflowConfig(uri=tracking_uri(self), experiment=self.get("base.mlflow.experiment"),
+                            artifact_root=self.shared_path("base.mlflow.artifact_root"),
+                            registered_model=self.get("base.mlflow.registered_model"))
 
     def resolved(self) -> dict:
         """A plain copy of the whole config, for checkpoints and MLflow."""
@@ -122,9 +132,11 @@ class TrainConfig:
     typed (:func:`validate` has checked every value) and with its paths resolved: the modules
     below the train stage's entry point (``frozen``, ``resident``, ``resume``) take this, not
     :class:`Params`."""
+    root: Path  # the project (params file's) folder: git commit, model requirements
     seed: int  # base.seed
     image_size: int  # data.image_size
     weights: str  # model.weights: none, imagenet, or a state-dict path made absolute
+    data_source: str  # data.source: synthetic or celeba
     data_root: Path  # data.root (Params.dataset_root checks that it holds data)
     split_dir: Path  # split.dir
     feature_cache: Path  # train.feature_cache, against Params.shared_root (shared by queued experiments)
@@ -139,6 +151,16 @@ class TrainConfig:
     amp: str  # auto, none, bf16
     channels_last: bool  # CUDA only
     strategies: tuple[str, ...]  # every variant's strategy: the frozen layers one cache holds
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """``base.mlflow`` resolved (:meth:`Params.mlflow_config`): what :func:`pipeline.tracking.setup`
+    takes."""
+    uri: str  # the store the stages use: MLFLOW_TRACKING_URI, else base.mlflow.tracking_uri
+    experiment: str
+    artifact_root: Path  # a local store's artifacts, against Params.shared_root
+    registered_model: str
 
 
 def _is_int(value: Any) -> bool:

@@ -65,13 +65,13 @@ def evaluate(params: Params) -> dict:
     best = read_selection(params.path("select.output"))
     test_frame = read_split(params.path("split.dir"), "test")
     root = params.dataset_root()
-    tracking.setup(params)
+    tracking.setup(params.mlflow_config())
     uri = f"models:/{best['registered_model']}/{best['version']}"
     model = mlflow.pyfunc.load_model(uri)
-    model.unwrap_python_model().net.to(resolve_device(str(params.get("train.device"))))
+    model.unwrap_python_model().net.to(resolve_device(params.get("train.device")))
     test_ds = FaceDataset(root, test_frame, model.unwrap_python_model().image_size)  # checks the files
     paths = [test_ds.folder / image_id for image_id in test_ds.ids]
-    batch = int(params.get("train.batch_size"))
+    batch = params.get("train.batch_size")
     probs = np.concatenate([
         model.predict(pd.DataFrame({serving.INPUT_COLUMN: [p.read_bytes() for p in paths[i:i + batch]]}))
         for i in range(0, len(paths), batch)])
@@ -88,7 +88,7 @@ def evaluate(params: Params) -> dict:
                          "model_uri": uri, tracking.TAG_COMMIT: tracking.git_commit(params.root)})
         mlflow.log_params({"variant": best["variant"], "registered_model": best["registered_model"],
                            "model_version": best["version"], "n_test": metrics["n_test"]})
-        tracking.log_split_input(params, test_frame, "test", "test")
+        tracking.log_split_input(test_frame, f"{params.get('data.source')}-test", root, "test")
         mlflow.log_metric("test_accuracy", metrics["accuracy"])
         for cls in (*CLASS_NAMES, "macro"):
             mlflow.log_metrics({f"test_{m}_{cls}": v for m, v in metrics[cls].items()})

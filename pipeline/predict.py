@@ -120,12 +120,12 @@ def registry_classifier(params_path: str, uri: str | None = None):
 
     from pipeline import tracking
     from pipeline.store import check_reachable
-    from pipeline.tracking import tracking_uri
 
     params = load_params(params_path)
-    store = tracking_uri(params)
+    config = params.mlflow_config()
+    store = config.uri
     check_reachable(store)  # a dead server or a refused login (MLFLOW_TRACKING_USERNAME/PASSWORD): one line
-    name, alias = params.get("base.mlflow.registered_model"), params.get("select.alias")
+    name, alias = config.registered_model, params.get("select.alias")
     hint = "(run `dvc repro` to train, select and register one)"
     if _store_missing(store):
         what = f"no model {name}@{alias}" if uri is None else uri

@@ -110,13 +110,14 @@ def log_champion(params: Params, best: dict) -> str:
 
 
 def select(params: Params) -> dict:
-    tracking.setup(params)
+    store = params.mlflow_config()
+    tracking.setup(store)
     client = MlflowClient()
     run_ids = train_run_ids(params)
     candidates = candidates_from_mlflow(client, run_ids)
     curves = learning_curves(client, run_ids)
     best = choose(candidates)
-    name = params.get("base.mlflow.registered_model")
+    name = store.registered_model
     alias = params.get("select.alias")
     champion_uri = log_champion(params, best)
     version = mlflow.register_model(champion_uri, name,

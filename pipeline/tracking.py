@@ -1,4 +1,6 @@
-"""MLflow set-up shared by the stages: tracking URI, experiment, tags, figures."""
+"""MLflow set-up shared by the stages: tracking URI, experiment, tags, figures, and what a
+train@ run logs. It takes resolved settings (:class:`MlflowConfig`, :class:`TrainConfig`), not
+the params file: the stage modules read that."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from pipeline.config import Params
+from pipeline.config import MlflowConfig, TrainConfig
 from pipeline.store import check_reachable, sqlite_path, store_uri, tracking_uri  # noqa: F401 - re-exported
 
 TAG_VARIANT = "variant"
@@ -46,18 +48,17 @@ def use_store(uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
-def setup(params: Params) -> str:
+def setup(store: MlflowConfig) -> str:
     """Point MLflow at the store and the experiment; return the experiment id."""
-    uri = tracking_uri(params)
+    uri, name = store.uri, store.experiment
     check_reachable(uri)
     use_store(uri)
-    name = params.get("base.mlflow.experiment")
     with _store_lock(uri):
         exp = mlflow.get_experiment_by_name(name)
         if exp is None:
             location = None  # a tracking server decides where its artifacts go
             if uri.startswith(("sqlite:", "file:")):
-                location = f"{params.shared_path('base.mlflow.artifact_root').as_uri()}/{name}"
+                location = f"{store.artifact_root.as_uri()}/{name}"
             try:
                 exp_id = mlflow.create_experiment(name, artifact_location=location)
             except mlflow.exceptions.MlflowException:  # another process (a server's client) was first
@@ -69,10 +70,10 @@ def setup(params: Params) -> str:
     return exp_id
 
 
-def log_split_input(params: Params, frame, split: str, context: str) -> None:
+def log_split_input(frame, name: str, source: Path, context: str) -> None:
     """Record one split as a dataset input of the active run (the MLflow UI's Datasets column):
-    its ``image_id,label`` rows, named ``<data.source>-<split>``, with the folder its images come
-    from (``data.root``) as source. The digest hashes every row (MLflow's own reads only the first
+    its ``image_id,label`` rows, as ``name`` (``<data.source>-<split>``), with the folder its
+    images come from (``data.root``) as ``source``. The digest hashes every row (MLflow's own reads only the first
     10,000), so it changes whenever the split does; the images' own hash is in ``dvc.lock``."""
     import hashlib
     import warnings
@@ -84,8 +85,7 @@ def log_split_input(params: Params, frame, split: str, context: str) -> None:
     with warnings.catch_warnings():  # a local path matches two equal sources; 0/1 labels have no NaN
         warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
-        dataset = mlflow.data.from_pandas(rows, source=str(params.path("data.root")), targets="label",
-                                          name=f"{params.get('data.source')}-{split}", digest=digest)
+        dataset = mlflow.data.from_pandas(rows, source=str(source), targets="label", name=name, digest=digest)
     # MLflow looks the dataset up, then inserts it: two runs of one split at once (dvc queue
     # start -j 2) can both insert, and one fails on the UNIQUE constraint. A SQLite store is locked
     # for it; against a server the loser tries once more and finds the winner's row.
@@ -142,14 +142,14 @@ def log_confusion(cm: np.ndarray, class_names, prefix: str, title: str, save_png
 
 # --- what a train@ run logs: at its start, per epoch, at its end ------------------------
 
-def log_train_start(params: Params, variant: str, settings: dict, frames: dict) -> None:
+def log_train_start(cfg: TrainConfig, variant: str, settings: dict, frames: dict) -> None:
     """Tags, the run's settings as params, the split (``split.json``, class counts) and the train
     and validation splits as dataset inputs."""
-    mlflow.set_tags({TAG_VARIANT: variant, TAG_STAGE: "train", TAG_COMMIT: git_commit(params.root)})
+    mlflow.set_tags({TAG_VARIANT: variant, TAG_STAGE: "train", TAG_COMMIT: git_commit(cfg.root)})
     mlflow.log_params(settings)
-    log_split(params.path("split.dir"))
-    log_split_input(params, frames["train"], "train", "training")
-    log_split_input(params, frames["val"], "val", "validation")
+    log_split(cfg.split_dir)
+    for split, context in (("train", "training"), ("val", "validation")):
+        log_split_input(frames[split], f"{cfg.data_source}-{split}", cfg.data_root, context)
 
 
 def log_split(split_dir: Path) -> None:
@@ -195,7 +195,7 @@ def log_missing_epochs(run_id: str, history: list[dict], epoch_seconds: list[flo
             mlflow.log_artifact(str(ckpt), "checkpoints")
 
 
-def log_train_end(params: Params, variant: str, best: dict) -> str:
+def log_train_end(cfg: TrainConfig, variant: str, best: dict) -> str:
     """The best epoch's metrics and validation confusion matrix, and the run's model (built from
     the best checkpoint); returns the model's URI, also set as the tag ``model_uri``."""
     from sklearn.metrics import confusion_matrix
@@ -203,15 +203,15 @@ def log_train_end(params: Params, variant: str, best: dict) -> str:
     from pipeline.data import CLASS_NAMES
 
     mlflow.log_metrics({"best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
-                        "best_val_loss": best["val_loss"]}, step=params.get("train.epochs"))
+                        "best_val_loss": best["val_loss"]}, step=cfg.epochs)
     cm = confusion_matrix(best["labels"], best["preds"], labels=[0, 1])
     log_confusion(cm, CLASS_NAMES, "confusion_matrix/val", f"{variant}: validation, epoch {best['epoch']}")
-    model_uri = log_pyfunc(params, best["ckpt"])
+    model_uri = log_pyfunc(best["ckpt"], cfg.image_size, cfg.root)
     mlflow.set_tag(TAG_MODEL_URI, model_uri)
     return model_uri
 
 
-def log_pyfunc(params: Params, checkpoint: Path) -> str:
+def log_pyfunc(checkpoint: Path, image_size: int, root: Path) -> str:
     """Log this run's model (:mod:`pipeline.mlflow_model`, defined from code) with the trainable-only
     checkpoint; it takes raw images (:mod:`pipeline.serving`). The registry's champion, with the
     whole network, is logged by ``select``."""
@@ -221,8 +221,8 @@ def log_pyfunc(params: Params, checkpoint: Path) -> str:
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(here / "mlflow_model.py"), artifacts={"checkpoint": str(checkpoint)},
         code_paths=[str(here)], signature=serving.signature(),
-        input_example=serving.example_input(params.get("data.image_size")),
-        pip_requirements=serving.model_requirements(params.root),
+        input_example=serving.example_input(image_size),
+        pip_requirements=serving.model_requirements(root),
     )
     return info.model_uri
 
@@ -241,7 +241,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     print({"uri": lambda: tracking_uri(params), "store": lambda: store_uri(params),
-           "artifacts": lambda: str(params.shared_path("base.mlflow.artifact_root"))}[args.what]())
+           "artifacts": lambda: str(params.mlflow_config().artifact_root)}[args.what]())
 
 
 if __name__ == "__main__":

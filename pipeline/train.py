@@ -68,8 +68,8 @@ def build(params: Params, variant: str) -> Run:
     frames = {name: read_split(cfg.split_dir, name) for name in ("train", "val")}
     for frame in frames.values():  # every listed image present and readable, before any work
         FaceDataset(params.dataset_root(), frame, cfg.image_size)
-    tracking.setup(params)  # a bad tracking URI fails here, before any work
-    model = build_model(cfg.weights, cfg.seed, params.root)
+    tracking.setup(params.mlflow_config())  # a bad tracking URI fails here, before any work
+    model = build_model(cfg.weights, cfg.seed, cfg.root)
     trainable = set_strategy(model, spec["strategy"])
     model.to(device)
     if channels_last:
@@ -80,7 +80,7 @@ def build(params: Params, variant: str) -> Run:
     settings = {
         "variant": variant, "strategy": spec["strategy"], "lr": spec["lr"], "epochs": cfg.epochs,
         "batch_size": cfg.batch_size, "image_size": cfg.image_size, "weights": params.get("model.weights"),
-        "seed": cfg.seed, "data_source": params.get("data.source"),
+        "seed": cfg.seed, "data_source": cfg.data_source,
         "n_train": len(frames["train"]), "n_val": len(frames["val"]), "optimizer": "Adam",
         "loss": "BCEWithLogitsLoss", "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "trainable_layers": ",".join(sorted({n.rsplit(".", 1)[0] for n in trainable})),
@@ -151,7 +151,7 @@ def train(params: Params, variant: str) -> dict:
     cache = run.data["cache"]
     with mlflow.start_run(**({"run_id": done.run_id} if done.run_id else {"run_name": variant})) as active:
         if done.run_id is None:
-            tracking.log_train_start(params, variant, run.settings, run.frames)
+            tracking.log_train_start(run.cfg, variant, run.settings, run.frames)
         else:
             print(f"{variant}: resuming MLflow run {done.run_id} after epoch {len(done.history)} of {run.cfg.epochs}")
             mlflow.set_tag(resume.TAG_RESUMED, str(len(done.history)))
@@ -161,7 +161,7 @@ def train(params: Params, variant: str) -> dict:
             mlflow.log_metrics({"feature_cache_mb": cache["bytes"] / 2**20,
                                 "extract_seconds": cache["extract_seconds"]}, step=done.first_epoch - 1)
         fit(run, done.first_epoch, EpochEnd(run, done, fingerprint, active.info.run_id, meta))
-        model_uri = tracking.log_train_end(params, variant, done.best)
+        model_uri = tracking.log_train_end(run.cfg, variant, done.best)
         record = {"variant": variant, "run_id": active.info.run_id, "experiment_id": active.info.experiment_id,
                   "model_uri": model_uri}
     summary = write_outputs(params, variant, done, record)

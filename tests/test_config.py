@@ -102,6 +102,6 @@ def test_setting_up_one_store_does_not_leak_into_the_next(make_params, tmp_path)
 
     first = make_params(folder=tmp_path / "a")
     second = make_params(folder=tmp_path / "b")
-    tracking.setup(first)
+    tracking.setup(first.mlflow_config())
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert tracking.tracking_uri(second) == f"sqlite:///{tmp_path}/b/mlflow.db"

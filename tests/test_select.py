@@ -87,7 +87,7 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     variants = {"a": {"strategy": "head_only", "lr": 0.1}, "b": {"strategy": "head_only", "lr": 0.2},
                 "c": {"strategy": "last_block", "lr": 0.3}}
     params = make_params({"train.variants": variants})
-    tracking.setup(params)
+    tracking.setup(params.mlflow_config())
     code = tmp_path / "echo_model.py"
     code.write_text(ECHO_MODEL)
     # in MLflow: a and b tie on best_val_acc, b has the lower loss; c is worse
@@ -97,7 +97,7 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     for name, (acc, loss) in tracked.items():
         with mlflow.start_run(run_name=name) as run:
             mlflow.log_metrics({"best_val_acc": acc, "best_val_loss": loss, "best_epoch": 2})
-            model_uri = log_pyfunc(params, ckpt) if name == "b" else \
+            model_uri = log_pyfunc(ckpt, params.get("data.image_size"), params.root) if name == "b" else \
                 mlflow.pyfunc.log_model(name="model", python_model=str(code)).model_uri
             mlflow.set_tag("model_uri", model_uri)
         write_json(params.run_file(name), {"run_id": run.info.run_id})

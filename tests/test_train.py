@@ -110,7 +110,7 @@ from pipeline import tracking
 from pipeline.config import load_params
 params_file, barrier, me, n, splits = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:])
 params = load_params(params_file)
-tracking.setup(params)
+tracking.setup(params.mlflow_config())
 frames = [pd.DataFrame({"image_id": [f"{i:06d}.jpg" for i in range(40)], "label": [(i + k) % 2 for i in range(40)]})
           for k in range(splits)]
 with mlflow.start_run(run_name=me):
@@ -118,7 +118,7 @@ with mlflow.start_run(run_name=me):
     while len(list(barrier.iterdir())) < n:  # everybody starts logging at the same moment
         time.sleep(0.001)
     for k, frame in enumerate(frames):  # the same splits in the same order: a collision each
-        tracking.log_split_input(params, frame, f"train{k}", f"training{k}")
+        tracking.log_split_input(frame, f"synthetic-train{k}", params.path("data.root"), f"training{k}")
 """
 
 
