@@ -32,7 +32,7 @@ def project(tmp_path_factory):
 def champion(project):
     """``(uri, pyfunc model)``: the registry's champion as MLflow itself loads it."""
     uri = f"models:/{project.get('base.mlflow.registered_model')}@{project.get('select.alias')}"
-    mlflow.set_tracking_uri(tracking.tracking_uri(project))
+    tracking.use_store(tracking.store_uri(project))  # the project's own store, whatever the environment holds
     return uri, mlflow.pyfunc.load_model(uri)
 
 
@@ -51,9 +51,10 @@ def pyfunc_p_male(champion, images) -> np.ndarray:
 
 def test_registered_model_is_the_whole_network_and_takes_raw_images(project, champion, faces):
     uri, pyfunc = champion
+    tracking.use_store(tracking.store_uri(project))  # a test of another module may have moved MLflow
     info = mlflow.models.get_model_info(uri)
     assert info.name == "champion" and info.model_uri.startswith("models:/m-")  # logged by select
-    client = MlflowClient(tracking.tracking_uri(project))
+    client = MlflowClient(tracking.store_uri(project))
     version = client.get_model_version_by_alias(project.get("base.mlflow.registered_model"), "champion")
     assert version.source == info.model_uri  # the version registered from that logged model
     sig = info.signature

@@ -78,7 +78,7 @@ def test_served_champion_is_self_contained_and_matches_predict(project, tmp_path
     log = tmp_path / "server.log"
     cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@{alias}",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    env = cli_env(MLFLOW_TRACKING_URI=tracking.tracking_uri(project), TORCH_HOME=str(torch_home))
+    env = cli_env(MLFLOW_TRACKING_URI=tracking.store_uri(project), TORCH_HOME=str(torch_home))
     weights.rename(hidden)  # the base weights are nowhere to be read
     try:
         with open(log, "w") as out:  # cwd: an empty folder outside the repo, the model brings its code
