@@ -208,17 +208,15 @@ def ensure_cache(cfg: TrainConfig, model: nn.Module, device: torch.device, log=p
     built first if missing, with ``workers`` decode processes; default ``train.num_workers``).
     Returns ``{"dir", "layers", "bytes", "built", "extract_seconds", "key", "dtype", "view_dtype"}``.
     """
-    size = cfg.image_size
     frames = {s: read_split(cfg.split_dir, s) for s in ("train", "val")}
     layers = needed_layers(cfg)
     digest = digest or resident.images_digest(cfg.data_root, frames)
     key, parts = cache_key(cfg, frames, device, digest)
-    amp = parts["amp"]
-    dtype, view_dtype = feature_dtype(amp)
+    dtype, view_dtype = feature_dtype(parts["amp"])
     root = cfg.feature_cache
     entry = root / key
-    n_train, n_val = len(frames["train"]), len(frames["val"])
-    total = cache_bytes(layers, size, n_train, n_val, dtype.itemsize)
+    counts = len(frames["train"]), len(frames["val"])
+    total = cache_bytes(layers, cfg.image_size, *counts, dtype.itemsize)
     result = {"dir": entry, "layers": layers, "bytes": total, "built": [], "extract_seconds": 0.0, "key": key,
               "dtype": dtype, "view_dtype": view_dtype}
     with resident.entry_lock(root, key):  # a concurrent stage waits, then reuses
@@ -228,50 +226,59 @@ def ensure_cache(cfg: TrainConfig, model: nn.Module, device: torch.device, log=p
             log(f"feature cache: reusing {'+'.join(layers)} ({total / 2**20:.1f} MB) in {entry}")
             resident.touch(entry)
             return result
-        need = cache_bytes(missing, size, n_train, n_val, dtype.itemsize)
-        free = shutil.disk_usage(entry).free
-        log(f"feature cache: building {'+'.join(missing)} for {n_train} training images x 2 orientations "
-            f"+ {n_val} validation images: {need / 2**20:.1f} MB in {entry} ({free / 2**30:.1f} GB free; "
-            "train.reuse_frozen: false turns the cache off)")
-        if need > 0.95 * free:
-            raise PipelineError(f"train.feature_cache: {entry} needs {need / 2**30:.2f} GB, only "
-                                f"{free / 2**30:.2f} GB free (free space, move it, or set train.reuse_frozen: false)")
+        _check_space(entry, cache_bytes(missing, cfg.image_size, *counts, dtype.itemsize), missing, counts, log)
         write_json(entry / "key.json", parts)
         started = time.perf_counter()
         workers = resident.resolve_workers(cfg.num_workers) if workers is None else workers
         images = resident.ensure_images(cfg, frames, workers, log, digest)
-        placer = resident.Placer(device, log)
-        was_training = model.training
-        model.eval()
-        arrays, tmp_paths = {}, []
-        try:
-            for split, orientations in (("train", 2), ("val", 1)):
-                n = len(frames[split])
-                for layer in missing:
-                    tmp = _files(entry, layer)[split].with_suffix(f".tmp{os.getpid()}.npy")
-                    tmp_paths.append((tmp, _files(entry, layer)[split]))
-                    arrays[layer] = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
-                                                              shape=(orientations, n, *layer_shape(layer, size)))
-                with resident.entry_lock(root, images["key"], shared=True):
-                    pixels = placer.place(images["files"][split], f"decoded {split} images")
-                _extract(model, pixels, orientations, missing, arrays, device, cfg.batch_size, amp,
-                         cfg.channels_last, f"features {split}")
-                del pixels
-                for arr in arrays.values():
-                    arr.flush()
-                arrays.clear()
-            for tmp, final in tmp_paths:
-                os.replace(tmp, final)
-        finally:
-            arrays.clear()
-            for tmp, _ in tmp_paths:
-                tmp.unlink(missing_ok=True)
-            model.train(was_training)
+        _build(cfg, model, device, parts["amp"], dtype, entry, missing, images, counts, log)
         resident.touch(entry)
         result["built"] = missing
         result["extract_seconds"] = time.perf_counter() - started
         log(f"feature cache: built in {result['extract_seconds']:.1f} s (decoding included)")
     return result
+
+
+def _check_space(entry: Path, need: int, missing: list[str], counts: tuple[int, int], log) -> None:
+    free = shutil.disk_usage(entry).free
+    log(f"feature cache: building {'+'.join(missing)} for {counts[0]} training images x 2 orientations "
+        f"+ {counts[1]} validation images: {need / 2**20:.1f} MB in {entry} ({free / 2**30:.1f} GB free; "
+        "train.reuse_frozen: false turns the cache off)")
+    if need > 0.95 * free:
+        raise PipelineError(f"train.feature_cache: {entry} needs {need / 2**30:.2f} GB, only "
+                            f"{free / 2**30:.2f} GB free (free space, move it, or set train.reuse_frozen: false)")
+
+
+def _build(cfg: TrainConfig, model: nn.Module, device: torch.device, amp: str, dtype: np.dtype, entry: Path,
+           missing: list[str], images: dict, counts: tuple[int, int], log) -> None:
+    """Write the ``missing`` layers of both splits, each to a temporary file renamed when all are
+    done: a killed build leaves no half-written layer behind."""
+    placer = resident.Placer(device, log)
+    was_training = model.training
+    model.eval()
+    arrays, tmp_paths = {}, []
+    try:
+        for (split, orientations), n in zip((("train", 2), ("val", 1)), counts):
+            for layer in missing:
+                tmp = _files(entry, layer)[split].with_suffix(f".tmp{os.getpid()}.npy")
+                tmp_paths.append((tmp, _files(entry, layer)[split]))
+                arrays[layer] = np.lib.format.open_memmap(
+                    tmp, mode="w+", dtype=dtype, shape=(orientations, n, *layer_shape(layer, cfg.image_size)))
+            with resident.entry_lock(cfg.feature_cache, images["key"], shared=True):
+                pixels = placer.place(images["files"][split], f"decoded {split} images")
+            _extract(model, pixels, orientations, missing, arrays, device, cfg.batch_size, amp,
+                     cfg.channels_last, f"features {split}")
+            del pixels
+            for arr in arrays.values():
+                arr.flush()
+            arrays.clear()
+        for tmp, final in tmp_paths:
+            os.replace(tmp, final)
+    finally:
+        arrays.clear()
+        for tmp, _ in tmp_paths:
+            tmp.unlink(missing_ok=True)
+        model.train(was_training)
 
 
 def main(argv=None) -> None:

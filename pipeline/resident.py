@@ -450,6 +450,22 @@ def frozen_mode(cfg: TrainConfig, placer: Placer, feature_bytes: int, image_byte
     return mode
 
 
+def feature_sources(cache: dict, layer: str, labels: dict[str, torch.Tensor], placer: Placer) -> dict:
+    """``{split: FeatureBatches}`` over one cached layer (:func:`pipeline.frozen.ensure_cache`),
+    placed where it fits; a layer whose rows do not match its split is refused."""
+    from pipeline import frozen
+
+    out = {}
+    with entry_lock(Path(cache["dir"]).parent, cache["key"], shared=True):
+        for s, split_labels in labels.items():
+            path = frozen._files(cache["dir"], layer)[s]
+            store = placer.place(path, f"{layer} features of {s}", cache["view_dtype"])
+            if store.shape[1] != len(split_labels):
+                raise PipelineError(f"{path}: holds {store.shape[1]} rows, split has {len(split_labels)}")
+            out[s] = FeatureBatches(store, split_labels, placer.device, cache["view_dtype"])
+    return out
+
+
 def training_data(cfg: TrainConfig, model: nn.Module, strategy: str, device: torch.device, amp: str,
                   workers: int, channels_last: bool, log=print) -> dict:
     """The network to train and its batch sources for one variant, data resident where it fits.
@@ -486,15 +502,8 @@ def training_data(cfg: TrainConfig, model: nn.Module, strategy: str, device: tor
                            3 * size * size * (n_train + n_val), log)
         out.update(layer=layer, mode=mode, net=frozen.Tail(model, layer, size).to(device))
         if mode == "cache":
-            cache = frozen.ensure_cache(cfg, model, device, log, workers=workers, digest=digest)
-            out["cache"] = cache
-            with entry_lock(root, cache["key"], shared=True):
-                for s in frames:
-                    path = frozen._files(cache["dir"], layer)[s]
-                    store = placer.place(path, f"{layer} features of {s}", cache["view_dtype"])
-                    if store.shape[1] != len(labels[s]):
-                        raise PipelineError(f"{path}: holds {store.shape[1]} rows, split has {len(labels[s])}")
-                    out[s] = FeatureBatches(store, labels[s], device, cache["view_dtype"])
+            out["cache"] = frozen.ensure_cache(cfg, model, device, log, workers=workers, digest=digest)
+            out.update(feature_sources(out["cache"], layer, labels, placer))
         else:
             prefix = prefix_for(model, layer)
             out.update({s: RecomputeBatches(src, prefix, amp, channels_last) for s, src in image_sources().items()})
