@@ -87,19 +87,15 @@ def run_variant(params, name: str, epochs: int, log=print, reuse: bool | None = 
     from pipeline import resident
     from pipeline.data import epoch_flips
     from pipeline.engine import evaluate_batches, train_epoch
-    from pipeline.model import build_model, set_strategy
+    from pipeline.model import trainable_model
     started = time.perf_counter()
     spec, cfg = params.variant(name), params.train_config()
     if reuse is not None:
         cfg = dataclasses.replace(cfg, reuse_frozen=reuse)
     seed, batch = cfg.seed, cfg.batch_size
     device, amp, channels_last = resident.placement(cfg)
-    model = build_model(cfg.weights, seed, params.root)
-    set_strategy(model, spec["strategy"])
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(spec["lr"]))
+    model, _, optimizer = trainable_model(cfg.weights, seed, spec["strategy"], spec["lr"], device, channels_last,
+                                          cfg.root)
     data = resident.training_data(cfg, model, spec["strategy"], device, amp, resident.resolve_workers(cfg.num_workers),
                                   channels_last, log)
     _sync(device)
@@ -130,48 +126,71 @@ def run_variant(params, name: str, epochs: int, log=print, reuse: bool | None = 
 
 
 def check(args) -> dict:
+    """Build the data set, run the grid and the plain loop, measure the ceilings; print the table."""
     import torch
 
-    from pipeline.bench import ceiling_lines, ceilings, epoch_ceiling
+    from pipeline.bench import ceilings
     from pipeline.resident import placement
-    from pipeline.split import split
 
-    workdir = Path(args.workdir).resolve()
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
     log = (lambda m: print(m, file=sys.stderr, flush=True))
-    t = time.perf_counter()
-    make_dataset(workdir / "celeba", args.images, args.distinct, args.seed)
-    log(f"devcheck: {args.images} images ({args.distinct} distinct) in {time.perf_counter() - t:.1f} s")
-    params = load_params(write_params(workdir, args))
-    split(params, log=log)
-    device, amp, _ = placement(params.train_config())
+    params = prepare(args, log)
+    cfg = params.train_config()
+    device, amp, _ = placement(cfg)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    log(f"devcheck: device {device} ({gpu or 'no GPU'}), amp {amp}, "
-        f"torch {torch.__version__}")
+    log(f"devcheck: device {device} ({gpu or 'no GPU'}), amp {amp}, torch {torch.__version__}")
     grid = []
     for name in (args.variants.split(",") if args.variants else params.variants()):
         r = run_variant(params, name, args.epochs, log)
         grid.append(r)
         log(f"devcheck: {name}: {r['seconds']:.1f} s ({r['mode']}; prepare {r['prepare_seconds']:.1f} s, "
             f"epochs {sum(r['train_seconds']) + sum(r['eval_seconds']):.1f} s)")
-    plain = None
-    if args.plain_epochs and any(v["strategy"] == "last_block" for v in params.variants().values()):
-        plain = run_variant(load_params(workdir / "params.yaml"), next(
-            n for n, v in params.variants().items() if v["strategy"] == "last_block"), args.plain_epochs, log,
-            reuse=False)
-    n_train, n_val = grid[0]["n_train"], grid[0]["n_val"]
-    amp = grid[0]["amp"]
+    last_block = [n for n, v in params.variants().items() if v["strategy"] == "last_block"]
+    plain = run_variant(params, last_block[0], args.plain_epochs, log, reuse=False) \
+        if args.plain_epochs and last_block else None
     strategies = sorted({r["strategy"] for r in grid})
-    ceil = ceilings(params.weights(), int(params.get("base.seed")), args.size, args.batch, amp, device,
-                    strategies, bool(params.get("train.frozen_dropout")),
-                    bool(params.get("train.channels_last")), steps=args.ceiling_steps)
+    ceil = ceilings(cfg.weights, cfg.seed, args.size, args.batch, grid[0]["amp"], device, strategies,
+                    cfg.frozen_dropout, cfg.channels_last, steps=args.ceiling_steps)
+    phases = measured_phases(grid, plain, ceil, strategies)
+    print("\n".join(report_lines(args, grid, plain, phases, device, gpu)))
+    return {"gpu": gpu, "device": str(device), "torch": torch.__version__, "images": args.images,
+            "image_size": args.size, "batch": args.batch, "amp": grid[0]["amp"], "epochs": args.epochs,
+            "grid_seconds": round(sum(r["seconds"] for r in grid), 2),
+            "peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if gpu else None,
+            **{f"{p}_images_per_s": round(a, 1) for p, (a, _) in phases.items()},
+            **{f"{p}_ceiling": round(c, 1) for p, (_, c) in phases.items()},
+            **{f"{p}_ratio_to_ceiling": round(a / c, 3) for p, (a, c) in phases.items()},
+            "variants": [{k: r[k] for k in ("variant", "mode", "seconds", "prepare_seconds", "extract_seconds",
+                                            "decode_seconds", "train_seconds", "eval_seconds", "history")}
+                         for r in grid]}
 
-    def epoch_rate(r):  # the epochs after the first: steady state (all, with one epoch)
-        secs = [a + b for a, b in zip(r["train_seconds"], r["eval_seconds"])]
-        secs = secs[1:] or secs
-        return (r["n_train"] + r["n_val"]) * len(secs) / sum(secs)
 
+def prepare(args, log):
+    """A fresh ``--workdir`` with the data set, its params and its split; returns the params."""
+    from pipeline.split import split
+
+    workdir = Path(args.workdir).resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    t = time.perf_counter()
+    make_dataset(workdir / "celeba", args.images, args.distinct, args.seed)
+    log(f"devcheck: {args.images} images ({args.distinct} distinct) in {time.perf_counter() - t:.1f} s")
+    params = load_params(write_params(workdir, args))
+    split(params, log=log)
+    return params
+
+
+def epoch_rate(r: dict) -> float:
+    """Images per second of a run's epochs after the first (steady state; all, with one epoch)."""
+    secs = [a + b for a, b in zip(r["train_seconds"], r["eval_seconds"])]
+    secs = secs[1:] or secs
+    return (r["n_train"] + r["n_val"]) * len(secs) / sum(secs)
+
+
+def measured_phases(grid: list[dict], plain: dict | None, ceil: dict, strategies: list[str]) -> dict:
+    """``{phase: (images/s measured, ceiling)}``: the plain loop, the cache build, each strategy."""
+    from pipeline.bench import epoch_ceiling
+
+    n_train, n_val = grid[0]["n_train"], grid[0]["n_val"]
     phases = {}
     if plain is not None:
         phases["plain_last_block"] = (epoch_rate(plain), epoch_ceiling(ceil["plain_last_block"], n_train, n_val))
@@ -180,30 +199,26 @@ def check(args) -> dict:
         phases["extract"] = ((2 * n_train + n_val) / builders[0]["extract_seconds"], ceil["extract"]["forward"])
     for s in strategies:
         runs = [r for r in grid if r["strategy"] == s]
-        key = f"reuse_{s}" if runs[0]["mode"] == "cache" else f"recompute_{s}"
-        rate = sum(map(epoch_rate, runs)) / len(runs)
-        phases[key] = (rate, epoch_ceiling(ceil[f"reuse_{s}"] if runs[0]["mode"] == "cache"
-                                           else ceil[f"plain_{s}"], n_train, n_val))
-    grid_seconds = sum(r["seconds"] for r in grid)
-    lines = [f"devcheck: {args.images} images at {args.size}x{args.size}, batch {args.batch}, {amp}, "
-             f"{n_train} train + {n_val} val, {args.epochs} epochs; device {device} ({gpu or 'no GPU'})",
+        cached = runs[0]["mode"] == "cache"
+        phases[f"reuse_{s}" if cached else f"recompute_{s}"] = (
+            sum(map(epoch_rate, runs)) / len(runs),
+            epoch_ceiling(ceil[f"reuse_{s}"] if cached else ceil[f"plain_{s}"], n_train, n_val))
+    return phases
+
+
+def report_lines(args, grid: list[dict], plain: dict | None, phases: dict, device, gpu: str | None) -> list[str]:
+    from pipeline.bench import ceiling_lines
+
+    lines = [f"devcheck: {args.images} images at {args.size}x{args.size}, batch {args.batch}, {grid[0]['amp']}, "
+             f"{grid[0]['n_train']} train + {grid[0]['n_val']} val, {args.epochs} epochs; "
+             f"device {device} ({gpu or 'no GPU'})",
              f"{'phase':26s}{'images/s':>10s}{'ceiling':>10s}{'ratio':>8s}", *ceiling_lines(phases),
-             f"seed grid (4 variants x {args.epochs} epochs, decode and cache build included): {grid_seconds:.1f} s",
+             f"seed grid (4 variants x {args.epochs} epochs, decode and cache build included): "
+             f"{sum(r['seconds'] for r in grid):.1f} s",
              *(f"  {r['variant']:20s}{r['seconds']:8.1f} s  {r['mode']}" for r in grid)]
     if plain is not None:
         lines.append(f"  plain last_block x {args.plain_epochs}: {plain['seconds']:.1f} s")
-    summary = {"gpu": gpu, "device": str(device), "torch": torch.__version__, "images": args.images,
-               "image_size": args.size, "batch": args.batch, "amp": amp, "epochs": args.epochs,
-               "grid_seconds": round(grid_seconds, 2),
-               "peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if gpu else None,
-               **{f"{p}_images_per_s": round(a, 1) for p, (a, _) in phases.items()},
-               **{f"{p}_ceiling": round(c, 1) for p, (_, c) in phases.items()},
-               **{f"{p}_ratio_to_ceiling": round(a / c, 3) for p, (a, c) in phases.items()},
-               "variants": [{k: r[k] for k in ("variant", "mode", "seconds", "prepare_seconds", "extract_seconds",
-                                               "decode_seconds", "train_seconds", "eval_seconds", "history")}
-                            for r in grid]}
-    print("\n".join(lines))
-    return summary
+    return lines
 
 
 def main(argv=None) -> None:

@@ -111,6 +111,18 @@ def set_strategy(model: nn.Module, strategy: str) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
+def trainable_model(weights: str, seed: int, strategy: str, lr: float, device: torch.device,
+                    channels_last: bool = False, root: Path | None = None):
+    """``(model, trainable names, optimizer)``: the variant's network on ``device`` (channels_last
+    there when asked) and Adam over its trainable layers, what train@ and the device check start from."""
+    model = build_model(weights, seed, root)
+    trainable = set_strategy(model, strategy)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, trainable, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 

@@ -41,7 +41,7 @@ from pipeline.config import Params, TrainConfig, load_params
 from pipeline.files import atomic_write, write_json
 from pipeline.data import FaceDataset, epoch_flips, read_split
 from pipeline.engine import evaluate_batches, progress, train_epoch
-from pipeline.model import build_model, save_checkpoint, set_strategy, trainable_state
+from pipeline.model import save_checkpoint, trainable_model, trainable_state
 
 
 @dataclass
@@ -69,12 +69,8 @@ def build(params: Params, variant: str) -> Run:
     for frame in frames.values():  # every listed image present and readable, before any work
         FaceDataset(params.dataset_root(), frame, cfg.image_size)
     tracking.setup(params.mlflow_config())  # a bad tracking URI fails here, before any work
-    model = build_model(cfg.weights, cfg.seed, cfg.root)
-    trainable = set_strategy(model, spec["strategy"])
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=spec["lr"])
+    model, trainable, optimizer = trainable_model(cfg.weights, cfg.seed, spec["strategy"], spec["lr"], device,
+                                                  channels_last, cfg.root)
     workers = resident.resolve_workers(cfg.num_workers)
     data = resident.training_data(cfg, model, spec["strategy"], device, amp, workers, channels_last)
     settings = {

@@ -4,6 +4,7 @@ import json
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
@@ -60,6 +61,25 @@ def test_train_logs_epochs_checkpoints_and_outputs(tiny):
     hist = pd.read_csv(tiny.path("train.history_dir") / "head_only-lr1e-3.csv")
     assert list(hist.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
     assert list(hist["epoch"]) == [1, 2] and list(hist["val_acc"]) == pytest.approx(val_acc, abs=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["head_only-lr1e-3", "last_block-lr1e-3"])
+def test_the_variant_strategy_decides_what_trains(make_params, variant):
+    """The stage hands the variant's strategy to the model: best.pt (trainable-only) holds exactly
+    the head (and conv5 for last_block), each moved from the seeded base, and MLflow records it."""
+    from pipeline.model import LAST_BLOCK, build_model, load_checkpoint
+
+    params = make_params()
+    generate_from_params(params)
+    split(params)
+    run = MlflowClient(tracking.tracking_uri(params)).get_run(train(params, variant)["run_id"])
+    layers = ["classifier.6", *([f"features.{i}" for i in LAST_BLOCK] if variant.startswith("last_block") else [])]
+    trained = load_checkpoint(params.path("train.models_dir") / variant / "best.pt")["trainable"]
+    assert set(trained) == {f"{layer}.{k}" for layer in layers for k in ("weight", "bias")}
+    base = build_model("none", params.get("base.seed")).state_dict()
+    assert all(not torch.equal(trained[f"{layer}.weight"], base[f"{layer}.weight"]) for layer in layers)
+    assert run.data.params["trainable_layers"] == ",".join(sorted(layers))
+    assert int(run.data.params["trainable_params"]) == sum(t.numel() for t in trained.values())
 
 
 def test_two_runs_give_identical_metrics(tiny):
