@@ -130,8 +130,8 @@ class Params:
 class TrainConfig:
     """What the training core reads of ``params.yaml``, read once (:meth:`Params.train_config`),
     typed (:func:`validate` has checked every value) and with its paths resolved: the modules
-    below the train stage's entry point (``frozen``, ``resident``, ``resume``) take this, not
-    :class:`Params`."""
+    below the train stage's entry point (``frozen``, ``resident``, ``tracking``, ``devcheck``)
+    take this, not :class:`Params`."""
     root: Path  # the project (params file's) folder: git commit, model requirements
     seed: int  # base.seed
     image_size: int  # data.image_size

@@ -207,6 +207,7 @@ def measured_phases(grid: list[dict], plain: dict | None, ceil: dict, strategies
 
 
 def report_lines(args, grid: list[dict], plain: dict | None, phases: dict, device, gpu: str | None) -> list[str]:
+    """The printed table: images/s, ceiling and ratio per phase, then the grid's seconds."""
     from pipeline.bench import ceiling_lines
 
     lines = [f"devcheck: {args.images} images at {args.size}x{args.size}, batch {args.batch}, {grid[0]['amp']}, "

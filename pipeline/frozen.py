@@ -48,7 +48,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from pipeline.cli import PipelineError, run_main
 from pipeline.config import TrainConfig, load_params

@@ -1,6 +1,7 @@
 """MLflow set-up shared by the stages: tracking URI, experiment, tags, figures, and what a
-train@ run logs. It takes resolved settings (:class:`MlflowConfig`, :class:`TrainConfig`), not
-the params file: the stage modules read that."""
+train@ run logs. The stages hand it resolved settings (:class:`MlflowConfig`,
+:class:`TrainConfig`); only :func:`main`, the store printer behind ``make mlflow-ui``, reads a
+params file."""
 from __future__ import annotations
 
 import contextlib

@@ -66,7 +66,8 @@ def test_train_logs_epochs_checkpoints_and_outputs(tiny):
 @pytest.mark.parametrize("variant", ["head_only-lr1e-3", "last_block-lr1e-3"])
 def test_the_variant_strategy_decides_what_trains(make_params, variant):
     """The stage hands the variant's strategy to the model: best.pt (trainable-only) holds exactly
-    the head (and conv5 for last_block), each moved from the seeded base, and MLflow records it."""
+    the head (and conv5 for last_block), each moved from the seeded base, the frozen-feature cache
+    holds the layer before them, and MLflow records it."""
     from pipeline.model import LAST_BLOCK, build_model, load_checkpoint
 
     params = make_params()
@@ -80,6 +81,8 @@ def test_the_variant_strategy_decides_what_trains(make_params, variant):
     assert all(not torch.equal(trained[f"{layer}.weight"], base[f"{layer}.weight"]) for layer in layers)
     assert run.data.params["trainable_layers"] == ",".join(sorted(layers))
     assert int(run.data.params["trainable_params"]) == sum(t.numel() for t in trained.values())
+    # with frozen dropout on (the default) head_only trains from pool5: fc6/fc7 run each epoch
+    assert run.data.params["cached_layer"] == ("pool4" if variant.startswith("last_block") else "pool5")
 
 
 def test_two_runs_give_identical_metrics(tiny):
