@@ -214,7 +214,7 @@ def report_lines(args, grid: list[dict], plain: dict | None, phases: dict, devic
              f"{grid[0]['n_train']} train + {grid[0]['n_val']} val, {args.epochs} epochs; "
              f"device {device} ({gpu or 'no GPU'})",
              f"{'phase':26s}{'images/s':>10s}{'ceiling':>10s}{'ratio':>8s}", *ceiling_lines(phases),
-             f"seed grid (4 variants x {args.epochs} epochs, decode and cache build included): "
+             f"seed grid ({len(grid)} variants x {args.epochs} epochs, decode and cache build included): "
              f"{sum(r['seconds'] for r in grid):.1f} s",
              *(f"  {r['variant']:20s}{r['seconds']:8.1f} s  {r['mode']}" for r in grid)]
     if plain is not None:

@@ -88,7 +88,7 @@ def evaluate(params: Params) -> dict:
                          "model_uri": uri, tracking.TAG_COMMIT: tracking.git_commit(params.root)})
         mlflow.log_params({"variant": best["variant"], "registered_model": best["registered_model"],
                            "model_version": best["version"], "n_test": metrics["n_test"]})
-        tracking.log_split_input(test_frame, f"{params.get('data.source')}-test", root, "test")
+        tracking.log_split_input(test_frame, "test", params.get("data.source"), root, "test")
         mlflow.log_metric("test_accuracy", metrics["accuracy"])
         for cls in (*CLASS_NAMES, "macro"):
             mlflow.log_metrics({f"test_{m}_{cls}": v for m, v in metrics[cls].items()})

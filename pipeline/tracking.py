@@ -71,10 +71,10 @@ def setup(store: MlflowConfig) -> str:
     return exp_id
 
 
-def log_split_input(frame, name: str, source: Path, context: str) -> None:
+def log_split_input(frame, split: str, data_source: str, data_root: Path, context: str) -> None:
     """Record one split as a dataset input of the active run (the MLflow UI's Datasets column):
-    its ``image_id,label`` rows, as ``name`` (``<data.source>-<split>``), with the folder its
-    images come from (``data.root``) as ``source``. The digest hashes every row (MLflow's own reads only the first
+    its ``image_id,label`` rows, named ``<data.source>-<split>``, with the folder its images come
+    from (``data.root``) as source. The digest hashes every row (MLflow's own reads only the first
     10,000), so it changes whenever the split does; the images' own hash is in ``dvc.lock``."""
     import hashlib
     import warnings
@@ -86,7 +86,8 @@ def log_split_input(frame, name: str, source: Path, context: str) -> None:
     with warnings.catch_warnings():  # a local path matches two equal sources; 0/1 labels have no NaN
         warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
-        dataset = mlflow.data.from_pandas(rows, source=str(source), targets="label", name=name, digest=digest)
+        dataset = mlflow.data.from_pandas(rows, source=str(data_root), targets="label",
+                                          name=f"{data_source}-{split}", digest=digest)
     # MLflow looks the dataset up, then inserts it: two runs of one split at once (dvc queue
     # start -j 2) can both insert, and one fails on the UNIQUE constraint. A SQLite store is locked
     # for it; against a server the loser tries once more and finds the winner's row.
@@ -150,7 +151,7 @@ def log_train_start(cfg: TrainConfig, variant: str, settings: dict, frames: dict
     mlflow.log_params(settings)
     log_split(cfg.split_dir)
     for split, context in (("train", "training"), ("val", "validation")):
-        log_split_input(frames[split], f"{cfg.data_source}-{split}", cfg.data_root, context)
+        log_split_input(frames[split], split, cfg.data_source, cfg.data_root, context)
 
 
 def log_split(split_dir: Path) -> None:

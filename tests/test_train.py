@@ -64,15 +64,13 @@ def test_train_logs_epochs_checkpoints_and_outputs(tiny):
 
 
 @pytest.mark.parametrize("variant", ["head_only-lr1e-3", "last_block-lr1e-3"])
-def test_the_variant_strategy_decides_what_trains(make_params, variant):
+def test_the_variant_strategy_decides_what_trains(tiny, variant):
     """The stage hands the variant's strategy to the model: best.pt (trainable-only) holds exactly
     the head (and conv5 for last_block), each moved from the seeded base, the frozen-feature cache
     holds the layer before them, and MLflow records it."""
     from pipeline.model import LAST_BLOCK, build_model, load_checkpoint
 
-    params = make_params()
-    generate_from_params(params)
-    split(params)
+    params = tiny
     run = MlflowClient(tracking.tracking_uri(params)).get_run(train(params, variant)["run_id"])
     layers = ["classifier.6", *([f"features.{i}" for i in LAST_BLOCK] if variant.startswith("last_block") else [])]
     trained = load_checkpoint(params.path("train.models_dir") / variant / "best.pt")["trainable"]
@@ -141,7 +139,7 @@ with mlflow.start_run(run_name=me):
     while len(list(barrier.iterdir())) < n:  # everybody starts logging at the same moment
         time.sleep(0.001)
     for k, frame in enumerate(frames):  # the same splits in the same order: a collision each
-        tracking.log_split_input(frame, f"synthetic-train{k}", params.path("data.root"), f"training{k}")
+        tracking.log_split_input(frame, f"train{k}", "synthetic", params.path("data.root"), f"training{k}")
 """
 
 
