@@ -7,12 +7,15 @@ Usage::
 
 It copies ``params.yaml`` into a scratch folder (its own MLflow store, split, cache and
 models: nothing of the project's is touched), runs ``split`` once, then the four
-``train@`` variants as separate processes, first with ``train.reuse_frozen: false`` and
-then ``true``. It prints a table (seconds per epoch of each strategy both ways, feature
-extraction time, cache size, grid wall time, peak RSS per process) and, as its last line,
-one JSON object with ``head_only_ratio``, ``last_block_ratio`` (plain / reuse seconds per
-epoch), ``peak_rss_mb`` and ``gpu`` (the CUDA device's name, or null). Figures, not
-assertions: nothing here passes or fails.
+``train@`` variants as separate processes in three modes: ``plain`` (``train.reuse_frozen:
+false``), ``reuse`` (``true``, the default) and ``native`` (reuse with ``train.reproducible:
+false``: this CPU's fastest kernels instead of the ones that repeat on every machine). It
+prints a table (seconds per epoch of each strategy in each mode, feature extraction time, cache
+size, grid wall time, peak RSS per process) and, as its last line, one JSON object with
+``head_only_ratio``, ``last_block_ratio`` (plain / reuse seconds per epoch),
+``reproducible_cost_<strategy>`` and ``reproducible_cost_extract`` (reuse / native seconds),
+``peak_rss_mb`` and ``gpu`` (the CUDA device's name, or null). Figures, not assertions:
+nothing here passes or fails.
 
 On CUDA it also measures, in the same run, each phase's **ceiling**: the same network, batch
 and dtype on synthetic inputs already on the device (:func:`ceilings`), and prints per phase
@@ -39,7 +42,8 @@ import yaml
 from pipeline.cli import run_main
 from pipeline.config import load_params
 
-MODES = {"plain": False, "reuse": True}
+MODES = {"plain": {"reuse_frozen": False}, "reuse": {"reuse_frozen": True},
+         "native": {"reuse_frozen": True, "reproducible": False}}  # train.* of each mode
 CEILING_STEPS, CEILING_WARMUP = 20, 3
 
 
@@ -135,7 +139,7 @@ def run_process(args: list[str], env: dict) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024  # KB on Linux
 
 
-def write_mode_params(src: Path, folder: Path, split_dir: Path, reuse: bool, epochs: int | None) -> Path:
+def write_mode_params(src: Path, folder: Path, split_dir: Path, train: dict, epochs: int | None) -> Path:
     params = load_params(src)
     raw = params.resolved()
     raw["base"]["mlflow"]["tracking_uri"] = f"sqlite:///{folder / 'mlflow.db'}"
@@ -144,7 +148,7 @@ def write_mode_params(src: Path, folder: Path, split_dir: Path, reuse: bool, epo
     raw["data"]["synthetic"]["dir"] = str(split_dir.parent / "synthetic")
     raw["data"]["root"] = str(split_dir.parent / "synthetic" if params.get("data.source") == "synthetic"
                               else params.path("data.root"))
-    raw["train"]["reuse_frozen"] = reuse
+    raw["train"].update(train)
     if epochs:
         raw["train"]["epochs"] = epochs
     raw["model"]["weights"] = params.weights()
@@ -171,19 +175,19 @@ def bench(params_file: Path, workdir: Path, epochs: int | None) -> dict:
     py = [sys.executable, "-m"]
     split_dir = workdir / "split"
     variants = load_params(params_file).variants()
-    first = write_mode_params(params_file, workdir / "plain", split_dir, False, epochs)
+    first = write_mode_params(params_file, workdir / "plain", split_dir, MODES["plain"], epochs)
     if load_params(params_file).get("data.source") == "synthetic":
         run_process(py + ["pipeline", "generate", "--params", str(first)], env)
     split_wall, _ = run_process(py + ["pipeline", "split", "--params", str(first)], env)
     results: dict = {"split_seconds": split_wall}
-    for mode, reuse in MODES.items():
-        path = write_mode_params(params_file, workdir / mode, split_dir, reuse, epochs)
+    for mode, train in MODES.items():
+        path = write_mode_params(params_file, workdir / mode, split_dir, train, epochs)
         per_variant = {}
         for name, spec in variants.items():
             wall, rss = run_process(py + ["pipeline", "train", "--variant", name, "--params", str(path)], env)
             m = run_metrics(path, name)
             per_variant[name] = {"strategy": spec["strategy"], "wall": wall, "rss_mb": rss, **m}
-            print(f"  {mode:5s} {name:20s} {wall:6.1f} s wall, {sum(m['epoch_seconds']) / len(m['epoch_seconds']):6.2f}"
+            print(f"  {mode:6s} {name:20s} {wall:6.1f} s wall, {sum(m['epoch_seconds']) / len(m['epoch_seconds']):6.2f}"
                   f" s/epoch, peak RSS {rss:5.0f} MB", file=sys.stderr, flush=True)
         results[mode] = per_variant
     results.update(gpu_ceilings(first, split_dir))
@@ -214,38 +218,43 @@ def summarise(results: dict) -> tuple[list[str], dict]:
         secs = [s for v in results[mode].values() if v["strategy"] == strategy for s in v["epoch_seconds"]]
         return sum(secs) / len(secs)
 
-    extract = sum(sum(v["extract_seconds"]) for v in results["reuse"].values())
+    extract = {mode: sum(sum(v["extract_seconds"]) for v in results[mode].values()) for mode in ("reuse", "native")}
     cache_mb = max(max(v["feature_cache_mb"] or [0]) for v in results["reuse"].values())
     grid = {mode: sum(v["wall"] for v in results[mode].values()) for mode in MODES}
     rss = {mode: max(v["rss_mb"] for v in results[mode].values()) for mode in MODES}
     drift = max(abs(a - b) for name in results["plain"]
                 for a, b in zip(results["plain"][name]["val_loss"], results["reuse"][name]["val_loss"]))
     same_acc = all(results["plain"][n]["val_acc"] == results["reuse"][n]["val_acc"] for n in results["plain"])
-    lines = [f"{'':26s}{'plain':>10s}{'reuse':>10s}{'ratio':>8s}"]
+    # plain / reuse: what frozen-prefix reuse saves; reuse / native: what the reproducible kernels cost
+    lines = [f"{'':26s}{'plain':>10s}{'reuse':>10s}{'ratio':>8s}{'native':>10s}{'cost':>8s}"]
     ratios = {}
     for strategy in strategies:
-        a, b = per_epoch("plain", strategy), per_epoch("reuse", strategy)
-        ratios[f"{strategy}_ratio"] = round(a / b, 2)
-        lines.append(f"{strategy + ' s/epoch':26s}{a:10.2f}{b:10.2f}{a / b:7.1f}x")
+        a, b, c = (per_epoch(mode, strategy) for mode in MODES)
+        ratios.update({f"{strategy}_ratio": round(a / b, 2), f"reproducible_cost_{strategy}": round(b / c, 2)})
+        lines.append(f"{strategy + ' s/epoch':26s}{a:10.2f}{b:10.2f}{a / b:7.1f}x{c:10.2f}{b / c:7.1f}x")
+    cost = extract["reuse"] / extract["native"] if extract["native"] else float("nan")
     lines += [
-        f"{'feature extraction s':26s}{'-':>10s}{extract:10.1f}",
+        f"{'feature extraction s':26s}{'-':>10s}{extract['reuse']:10.1f}{'':8s}{extract['native']:10.1f}{cost:7.1f}x",
         f"{'feature cache MB':26s}{'-':>10s}{cache_mb:10.1f}",
-        f"{'grid wall s (4 trains)':26s}{grid['plain']:10.1f}{grid['reuse']:10.1f}{grid['plain'] / grid['reuse']:7.1f}x",
-        f"{'peak RSS MB (per stage)':26s}{rss['plain']:10.0f}{rss['reuse']:10.0f}",
+        f"{'grid wall s (4 trains)':26s}{grid['plain']:10.1f}{grid['reuse']:10.1f}{grid['plain'] / grid['reuse']:7.1f}x"
+        f"{grid['native']:10.1f}{grid['reuse'] / grid['native']:7.1f}x",
+        f"{'peak RSS MB (per stage)':26s}{rss['plain']:10.0f}{rss['reuse']:10.0f}{'':8s}{rss['native']:10.0f}",
         f"{'split s':26s}{results['split_seconds']:10.1f}",
         f"max |val_loss plain - reuse| = {drift:.2e}; val_acc histories identical: {same_acc}",
+        "native: train.reproducible false (this CPU's fastest kernels); cost: reuse / native",
     ]
-    summary = {**ratios, "peak_rss_mb": round(max(rss.values())), "extract_seconds": round(extract, 1),
-               "cache_mb": round(cache_mb, 1), "grid_seconds_plain": round(grid["plain"], 1),
-               "grid_seconds_reuse": round(grid["reuse"], 1), "max_val_loss_diff": drift,
+    summary = {**ratios, "reproducible_cost_extract": round(cost, 2), "peak_rss_mb": round(max(rss.values())),
+               "extract_seconds": round(extract["reuse"], 1), "cache_mb": round(cache_mb, 1),
+               "grid_seconds_plain": round(grid["plain"], 1), "grid_seconds_reuse": round(grid["reuse"], 1),
+               "grid_seconds_native": round(grid["native"], 1), "max_val_loss_diff": drift,
                "val_acc_identical": same_acc, "gpu": results.get("gpu")}
     if results.get("ceilings"):
         n_train, n_val = results["sizes"]["train"], results["sizes"]["val"]
         phases = {f"{mode}_{s}": ((n_train + n_val) / per_epoch(mode, s),
                                   epoch_ceiling(results["ceilings"][f"{mode}_{s}"], n_train, n_val))
-                  for mode in MODES for s in strategies}
-        if extract > 0:
-            phases["extract"] = ((2 * n_train + n_val) / extract, results["ceilings"]["extract"]["forward"])
+                  for mode in ("plain", "reuse") for s in strategies}
+        if extract["reuse"] > 0:
+            phases["extract"] = ((2 * n_train + n_val) / extract["reuse"], results["ceilings"]["extract"]["forward"])
         lines += [f"GPU: {results['gpu']}; ceiling: same network, batch and dtype, synthetic inputs on the GPU",
                   f"{'phase':26s}{'images/s':>10s}{'ceiling':>10s}{'ratio':>8s}"]
         lines += ceiling_lines(phases)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from pipeline import numerics
 from pipeline.cli import PipelineError
 from pipeline.data import THRESHOLD
 
@@ -99,7 +100,7 @@ def _train_step(net, x, y, optimizer, device, amp, sums: _Sums) -> None:
     logits = logits.float()
     loss = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum")
     optimizer.zero_grad(set_to_none=True)
-    (loss / len(y)).backward()
+    numerics.backward(loss / len(y))
     optimizer.step()
     sums.add(loss, logits, y)
 

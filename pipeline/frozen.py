@@ -26,7 +26,7 @@ plain loop up to float rounding (~1e-7).
 
 A cache entry is keyed by everything its values depend on: the base weights (seed, or the
 weight file's hash), image size, the images' bytes, the code that reads and runs them, the
-torch version, device type and autocast mode. Stale entries are never reused; the least
+torch version, device type, autocast mode and CPU kernels (:mod:`pipeline.numerics`). Stale entries are never reused; the least
 recently used ones go when the folder outgrows ``train.cache_budget_gb``
 (:func:`pipeline.resident.enforce_budget`).
 
@@ -135,10 +135,15 @@ def cache_key(cfg: TrainConfig, frames: dict[str, pd.DataFrame], device: torch.d
               digest: str | None = None) -> tuple[str, dict]:
     """A digest of everything the cached values depend on, and its readable parts. ``digest``:
     :func:`pipeline.resident.images_digest` of ``frames``, when the caller has it already."""
+    from pipeline import numerics
+
     images = digest or resident.images_digest(cfg.data_root, frames)
+    kernels = numerics.describe()
+    if kernels["reproducible"]:
+        kernels.pop("threads")  # the same values whatever the thread count
     parts = {"format": FORMAT, "weights": weights_id(cfg), "image_size": cfg.image_size,
              "images": images, "code": code_digest("train"), "torch": torch.__version__,
-             "device": device.type, "amp": resident.resolve_amp(cfg.amp, device)}
+             "device": device.type, "amp": resident.resolve_amp(cfg.amp, device), "kernels": kernels}
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=10).hexdigest()
     return digest, parts
 

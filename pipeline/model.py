@@ -128,11 +128,16 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: Path, model: nn.Module, **extra) -> None:
-    """Trainable parameters only (the frozen base is rebuilt from ``model.weights``)."""
+    """Trainable parameters only (the frozen base is rebuilt from ``model.weights``). Saved
+    through a buffer: a file's zip archive would carry its temporary name, and the same weights
+    are to give the same bytes."""
+    import io
+
     from pipeline.files import atomic_write
 
-    payload = {"trainable": trainable_state(model), **extra}
-    atomic_write(Path(path), lambda t: torch.save(payload, t))
+    buffer = io.BytesIO()
+    torch.save({"trainable": trainable_state(model), **extra}, buffer)
+    atomic_write(Path(path), lambda t: t.write_bytes(buffer.getvalue()))
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -78,17 +78,20 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
                                 "(make mlflow-server) or unset MLFLOW_TRACKING_URI") from None
 
 
-def preflight(argv: list[str] | None = None) -> None:
+def preflight(argv: list[str] | None = None) -> Params:
     """Load ``--params`` and check its tracking server; on a problem print one line, exit 1.
     ``python -m pipeline <stage>`` calls it first for train, select and evaluate. Then the
     cyclic GC is off while the stage imports torch, torchvision and MLflow (~20 % of a stage's
-    start); :func:`pipeline.cli.run_main` turns it back on."""
+    start); :func:`pipeline.cli.run_main` turns it back on. Returns the params."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--params", default="params.yaml")
     args, _ = parser.parse_known_args(argv)
+    loaded: list[Params] = []
 
     def check() -> None:
-        check_reachable(tracking_uri(load_params(args.params)))
+        loaded.append(load_params(args.params))
+        check_reachable(tracking_uri(loaded[0]))
 
     run_main(check)
     gc.disable()
+    return loaded[0]

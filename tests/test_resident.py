@@ -267,10 +267,13 @@ def test_bench_reports_ratios_to_the_ceiling_on_cuda_and_keeps_its_keys_on_the_c
     results = {"split_seconds": 1.0,
                "plain": {"h": run("head_only", [2.0, 2.0], [0.7, 0.6]), "b": run("last_block", [4.0], [0.7])},
                "reuse": {"h": run("head_only", [0.5, 0.5], [0.7, 0.6], 5.0), "b": run("last_block", [1.0], [0.7])},
+               "native": {"h": run("head_only", [0.25, 0.25], [0.7, 0.6], 2.0), "b": run("last_block", [0.8], [0.7])},
                "gpu": None}
     lines, cpu = bench.summarise(results)
     assert cpu["gpu"] is None and not [k for k in cpu if k.endswith("_ratio_to_ceiling")]
     assert cpu["head_only_ratio"] == 4.0 and cpu["last_block_ratio"] == 4.0
+    assert (cpu["reproducible_cost_head_only"], cpu["reproducible_cost_last_block"]) == (2.0, 1.25)
+    assert cpu["reproducible_cost_extract"] == 2.5
     ceiling = {"train": 100.0, "eval": 400.0}
     results.update(gpu="NVIDIA H200", sizes={"train": 80, "val": 20},
                    ceilings={"plain_head_only": ceiling, "plain_last_block": ceiling, "reuse_head_only": ceiling,
