@@ -22,7 +22,9 @@ AMP_MODES = ("auto", "none", "bf16")
 FROZEN_FEATURES = ("auto", "cache", "recompute")  # train.frozen_features
 GROUP_BY = ("none", "identity")  # split.group_by
 CHAMPION_DTYPES = ("float16", "float32", "bfloat16")  # select.champion_dtype (pipeline/serving.py DTYPES)
+PROMOTE_RULES = ("better", "significant", "always")  # select.promote (pipeline/promote.py)
 LIMIT_MIN = 20  # data.limit: the fewest images a stratified 80/10/10 split can take
+MIN_IMAGE_SIZE = 32  # data.image_size (VGG-16 halves it five times); the served model's smallest input
 VARIANT_KEYS = ("strategy", "lr")  # what a train.variants entry may hold
 DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -214,9 +216,14 @@ def validate(p: Params) -> None:
     _validate_train(p, check)
     _validate_variants(p, check)
     check.choice("select.champion_dtype", CHAMPION_DTYPES)
+    check.choice("select.promote", PROMOTE_RULES)
+    alpha = p.get("select.alpha")
+    check(_is_number(alpha) and 0 < alpha < 1, f"select.alpha must be a number between 0 and 1, got {_got(alpha)}")
+    check.integer("evaluate.min_slice", 1)
     for key in ("split.dir", "train.feature_cache", "train.models_dir", "train.runs_dir", "train.metrics_dir",
                 "train.history_dir", "select.output", "select.curves", "select.metrics", "evaluate.metrics",
-                "evaluate.confusion_csv", "evaluate.confusion_png"):
+                "evaluate.confusion_csv", "evaluate.confusion_png", "evaluate.roc", "evaluate.pr",
+                "evaluate.calibration", "evaluate.slices"):
         check.text(key)
 
 
@@ -242,7 +249,7 @@ def _validate_data(p: Params, check: _Checks) -> None:
     limit = p.get("data.limit")
     check(limit is None or (_is_int(limit) and limit >= LIMIT_MIN),
           f"data.limit must be null (every image) or an integer >= {LIMIT_MIN}, got {_got(limit)}")
-    check.integer("data.image_size", 32, " (VGG-16 halves it five times)")
+    check.integer("data.image_size", MIN_IMAGE_SIZE, " (VGG-16 halves it five times)")
 
 
 def _validate_split(p: Params, check: _Checks) -> None:
@@ -267,7 +274,7 @@ def _validate_train(p: Params, check: _Checks) -> None:
     device = p.get("train.device")
     check(isinstance(device, str) and DEVICES.fullmatch(device) is not None,
           f"train.device must be auto, cpu, cuda, cuda:N or mps, got {_got(device)}")
-    for key in ("train.reuse_frozen", "train.frozen_dropout", "train.channels_last"):
+    for key in ("train.reproducible", "train.reuse_frozen", "train.frozen_dropout", "train.channels_last"):
         check(isinstance(p.get(key), bool), f"{key} must be true or false, got {_got(p.get(key))}")
     check.choice("train.amp", AMP_MODES)
     check.choice("train.frozen_features", FROZEN_FEATURES)

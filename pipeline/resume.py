@@ -33,7 +33,7 @@ class Progress:
     """Where a run stands: the epochs done, the best one, the MLflow run (None: a fresh start)."""
     history: list[dict] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
-    best: dict | None = None  # the best epoch's row, ``ckpt`` (its checkpoint), labels and preds
+    best: dict | None = None  # the best epoch's row, ``ckpt`` (its checkpoint), labels, preds, probs
     run_id: str | None = None
 
     @property

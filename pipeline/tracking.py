@@ -20,6 +20,10 @@ TAG_VARIANT = "variant"
 TAG_STAGE = "stage"
 TAG_COMMIT = "git_commit"
 TAG_MODEL_URI = "model_uri"
+TAG_EXPERIMENT = "dvc_experiment"  # the DVC experiment a run belongs to ("" for a plain dvc repro)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table
+VAL_PREDICTIONS = "val_predictions.csv"  # a train run's best epoch on the validation split
+PREDICTION_COLUMNS = ("image_id", "label", "p_male")
 
 
 @contextlib.contextmanager
@@ -50,7 +54,8 @@ def use_store(uri: str) -> None:
 
 
 def setup(store: MlflowConfig) -> str:
-    """Point MLflow at the store and the experiment; return the experiment id."""
+    """Point MLflow at the store and the experiment (tagged as a model-development experiment,
+    which MLflow 3's UI opens on its runs, not on the GenAI overview); return the experiment id."""
     uri, name = store.uri, store.experiment
     check_reachable(uri)
     use_store(uri)
@@ -67,22 +72,33 @@ def setup(store: MlflowConfig) -> str:
                 if exp is None:
                     raise
         exp_id = exp.experiment_id if exp is not None else exp_id
+        if exp is None or any(exp.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):
+            for key, value in EXPERIMENT_KIND.items():
+                mlflow.tracking.MlflowClient().set_experiment_tag(exp_id, key, value)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def split_digest(frame) -> str:
+    """A digest of a split's ``image_id,label`` rows, every one of them (MLflow's own digest reads
+    only the first 10,000): what tells whether two runs were scored on the same images."""
+    import hashlib
+
+    rows = frame[["image_id", "label"]].reset_index(drop=True)
+    return hashlib.blake2b(rows.to_csv(index=False).encode(), digest_size=8).hexdigest()
 
 
 def log_split_input(frame, split: str, data_source: str, data_root: Path, context: str) -> None:
     """Record one split as a dataset input of the active run (the MLflow UI's Datasets column):
     its ``image_id,label`` rows, named ``<data.source>-<split>``, with the folder its images come
-    from (``data.root``) as source. The digest hashes every row (MLflow's own reads only the first
-    10,000), so it changes whenever the split does; the images' own hash is in ``dvc.lock``."""
-    import hashlib
+    from (``data.root``) as source and :func:`split_digest` as digest, so it changes whenever the
+    split does; the images' own hash is in ``dvc.lock``."""
     import warnings
 
     import mlflow.data
 
     rows = frame[["image_id", "label"]].reset_index(drop=True)
-    digest = hashlib.blake2b(rows.to_csv(index=False).encode(), digest_size=8).hexdigest()
+    digest = split_digest(rows)
     with warnings.catch_warnings():  # a local path matches two equal sources; 0/1 labels have no NaN
         warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
@@ -96,6 +112,32 @@ def log_split_input(frame, split: str, data_source: str, data_root: Path, contex
             mlflow.log_input(dataset, context=context)
         except mlflow.exceptions.MlflowException:
             mlflow.log_input(dataset, context=context)
+
+
+def dvc_experiment() -> str:
+    """The name of the DVC experiment this stage runs in (``dvc exp run`` sets ``DVC_EXP_NAME``),
+    or "" for a plain ``dvc repro``."""
+    return os.environ.get("DVC_EXP_NAME", "")
+
+
+def run_name(name: str) -> str:
+    """A run's name: ``name``, and the DVC experiment's in brackets when there is one."""
+    return f"{name} [{dvc_experiment()}]" if dvc_experiment() else name
+
+
+def run_tags(stage: str, root: Path) -> dict:
+    """The tags every run of the pipeline carries, to group the runs table by: stage, git
+    commit, DVC experiment."""
+    return {TAG_STAGE: stage, TAG_COMMIT: git_commit(root), TAG_EXPERIMENT: dvc_experiment()}
+
+
+def log_figures(figures: dict, folder: str) -> None:
+    """Each matplotlib figure as ``<folder>/<name>.png``, then closed."""
+    import matplotlib.pyplot as plt
+
+    for name, fig in figures.items():
+        mlflow.log_figure(fig, f"{folder}/{name}.png")
+        plt.close(fig)
 
 
 def git_commit(root: Path) -> str:
@@ -147,7 +189,7 @@ def log_confusion(cm: np.ndarray, class_names, prefix: str, title: str, save_png
 def log_train_start(cfg: TrainConfig, variant: str, settings: dict, frames: dict) -> None:
     """Tags, the run's settings as params, the split (``split.json``, class counts) and the train
     and validation splits as dataset inputs."""
-    mlflow.set_tags({TAG_VARIANT: variant, TAG_STAGE: "train", TAG_COMMIT: git_commit(cfg.root)})
+    mlflow.set_tags({TAG_VARIANT: variant, **run_tags("train", cfg.root)})
     mlflow.log_params(settings)
     log_split(cfg.split_dir)
     for split, context in (("train", "training"), ("val", "validation")):
@@ -197,15 +239,26 @@ def log_missing_epochs(run_id: str, history: list[dict], epoch_seconds: list[flo
             mlflow.log_artifact(str(ckpt), "checkpoints")
 
 
-def log_train_end(cfg: TrainConfig, variant: str, best: dict) -> str:
-    """The best epoch's metrics and validation confusion matrix, and the run's model (built from
-    the best checkpoint); returns the model's URI, also set as the tag ``model_uri``."""
+def log_predictions(image_ids, labels, probs, name: str) -> None:
+    """Per-image predictions as the CSV artifact ``name``: ``image_id,label,p_male`` (P(male) as
+    float32 prints it exactly, so a threshold applied to the file decides as the model did)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(dict(zip(PREDICTION_COLUMNS, (list(image_ids), list(labels), list(probs)))))
+    mlflow.log_text(frame.to_csv(index=False, float_format="%.9g"), name)
+
+
+def log_train_end(cfg: TrainConfig, variant: str, best: dict, val_frame) -> str:
+    """The best epoch's metrics, validation predictions (:data:`VAL_PREDICTIONS`) and confusion
+    matrix, and the run's model (built from the best checkpoint); returns the model's URI, also
+    set as the tag ``model_uri``."""
     from sklearn.metrics import confusion_matrix
 
     from pipeline.data import CLASS_NAMES
 
     mlflow.log_metrics({"best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
                         "best_val_loss": best["val_loss"]}, step=cfg.epochs)
+    log_predictions(val_frame["image_id"], best["labels"], best["probs"], VAL_PREDICTIONS)
     cm = confusion_matrix(best["labels"], best["preds"], labels=[0, 1])
     log_confusion(cm, CLASS_NAMES, "confusion_matrix/val", f"{variant}: validation, epoch {best['epoch']}")
     model_uri = log_pyfunc(best["ckpt"], cfg.image_size, cfg.root)

@@ -35,7 +35,7 @@ import mlflow
 import pandas as pd
 import torch
 
-from pipeline import resident, resume, tracking
+from pipeline import numerics, resident, resume, tracking
 from pipeline.cli import run_main
 from pipeline.config import Params, TrainConfig, load_params
 from pipeline.files import atomic_write, write_json
@@ -81,6 +81,7 @@ def build(params: Params, variant: str) -> Run:
         "loss": "BCEWithLogitsLoss", "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "trainable_layers": ",".join(sorted({n.rsplit(".", 1)[0] for n in trainable})),
         "reuse_frozen": cfg.reuse_frozen, "frozen_dropout": cfg.frozen_dropout,
+        **{f"cpu_{k}": v for k, v in numerics.describe().items()},
         "amp": amp, "device": device.type, "channels_last": channels_last, "cached_layer": data["layer"],
         "frozen_features": data["mode"]}
     return Run(variant, spec, cfg, device, {"amp": amp, "channels_last": channels_last}, model, optimizer, data, frames, settings,
@@ -121,7 +122,8 @@ class EpochEnd:
         save_checkpoint(ckpt, self.run.model, epoch=row["epoch"], metrics=row, **self.meta)
         # best: highest val_acc, then lowest val_loss, then the earlier epoch
         if done.best is None or (va["acc"], -va["loss"]) > (done.best["val_acc"], -done.best["val_loss"]):
-            done.best = {**row, "ckpt": ckpt, "labels": va["labels"].tolist(), "preds": va["preds"].tolist()}
+            done.best = {**row, "ckpt": ckpt, "labels": va["labels"].tolist(), "preds": va["preds"].tolist(),
+                         "probs": va["probs"].tolist()}
         # the resume state first, then MLflow: an epoch in MLflow is always in the state, and
         # a resumed run logs what the killed one had not (each epoch exactly once)
         resume.save(work, {"fingerprint": self.fingerprint, "run_id": self.run_id, "epoch": row["epoch"],
@@ -145,7 +147,8 @@ def train(params: Params, variant: str) -> dict:
             "image_size": run.cfg.image_size, "weights": run.cfg.weights, "seed": run.cfg.seed,
             "config": config}
     cache = run.data["cache"]
-    with mlflow.start_run(**({"run_id": done.run_id} if done.run_id else {"run_name": variant})) as active:
+    with mlflow.start_run(**({"run_id": done.run_id} if done.run_id else {"run_name": tracking.run_name(variant)})) \
+            as active:
         if done.run_id is None:
             tracking.log_train_start(run.cfg, variant, run.settings, run.frames)
         else:
@@ -157,7 +160,7 @@ def train(params: Params, variant: str) -> dict:
             mlflow.log_metrics({"feature_cache_mb": cache["bytes"] / 2**20,
                                 "extract_seconds": cache["extract_seconds"]}, step=done.first_epoch - 1)
         fit(run, done.first_epoch, EpochEnd(run, done, fingerprint, active.info.run_id, meta))
-        model_uri = tracking.log_train_end(run.cfg, variant, done.best)
+        model_uri = tracking.log_train_end(run.cfg, variant, done.best, run.frames["val"])
         record = {"variant": variant, "run_id": active.info.run_id, "experiment_id": active.info.experiment_id,
                   "model_uri": model_uri}
     summary = write_outputs(params, variant, done, record)

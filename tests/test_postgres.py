@@ -109,7 +109,7 @@ import base64, json, sys
 import mlflow, pandas as pd
 model = mlflow.pyfunc.load_model(sys.argv[1])
 image = open(sys.argv[2], "rb").read()
-print(json.dumps([float(p) for p in model.predict(pd.DataFrame({"image": [image]}))]))
+print(json.dumps([float(p) for p in model.predict(pd.DataFrame({"image": [image]}))["p_male"]]))
 """
 
 
@@ -121,9 +121,10 @@ def test_two_machines_share_one_server_and_a_third_folder_loads_the_champion(tmp
     echo the password, nothing is logged), then with hers; bob queues an experiment of his own
     seed and starts the queue (``dvc exp run --queue -S ... && dvc queue start -j 1``). Runs,
     metrics, the registry and the ``champion`` alias end up in PostgreSQL's own tables, every
-    artifact in the shared folder, nothing in either project. A process in a fourth, empty
-    folder, after both are gone, logs in, loads ``models:/<name>@champion`` (bob's, the latest)
-    and predicts what bob's checkpoint does."""
+    artifact in the shared folder, nothing in either project. Bob's model, validated on another
+    split (his seed), is registered as the challenger and leaves alice's champion alone. A process
+    in a fourth, empty folder, after both are gone, logs in, loads ``models:/<name>@champion``
+    (alice's) and predicts what alice's checkpoint does."""
     import shutil
 
     import psycopg2
@@ -193,16 +194,19 @@ def test_two_machines_share_one_server_and_a_third_folder_loads_the_champion(tmp
         assert run_ids["alice"] == train.info.run_id != run_ids["bob"]
         versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
         assert [v.run_id for v in versions] == [run_ids["alice"], run_ids["bob"]]
-        assert client.get_model_version_by_alias(name, alias).version == versions[1].version  # bob's, the latest
+        # bob's seed made another split: his model cannot be compared with alice's, which stays champion
+        assert client.get_model_version_by_alias(name, alias).version == versions[0].version
+        assert client.get_model_version_by_alias(name, "challenger").version == versions[1].version
+        assert versions[1].tags["decision"] == "not_comparable" and versions[1].tags["promoted"] == "False"
 
-        # what bob's own checkpoint (float32, its base rebuilt from model.weights) says of one of his images
+        # what alice's own checkpoint (float32, its base rebuilt from model.weights) says of one of bob's images
         params = load_params(bob / "params.yaml")
         test_id = pd.read_csv(params.path("split.dir") / "test.csv", dtype={"image_id": str})["image_id"][0]
         reader = tmp_path / "reader"  # a folder of its own: no params, no code, no store, no torch cache
         (reader / "torch-home").mkdir(parents=True)
         image = reader / "face.jpg"
         shutil.copy(detect_layout(params.dataset_root()).image_dir / test_id, image)
-        ckpt = GenderClassifier.from_checkpoint(params.path("train.models_dir") / VARIANT / "best.pt")
+        ckpt = GenderClassifier.from_checkpoint(clones["alice"] / "models" / VARIANT / "best.pt")
         ((_, expected),) = predict_batches(ckpt, [(str(image), None)], 1, lambda *a: pytest.fail(str(a)))
         for root in clones.values():
             assert not (root / "mlflow.db").exists() and not (root / "mlartifacts").exists()
@@ -238,5 +242,5 @@ def test_two_machines_share_one_server_and_a_third_folder_loads_the_champion(tmp
         cur.execute("SELECT v.run_id FROM registered_model_aliases a JOIN model_versions v "
                     "ON v.name = a.name AND v.version = a.version WHERE a.name = %s AND a.alias = %s",
                     (name, alias))
-        assert cur.fetchall() == [(run_ids["bob"],)]
+        assert cur.fetchall() == [(run_ids["alice"],)]
     conn.close()

@@ -21,7 +21,7 @@ CONFIG = {"data.synthetic.images": 60, "train.epochs": 2,
           "train.variants": {VARIANT: {"strategy": "head_only", "lr": 0.001}}}
 
 
-def check_store(uri: str, lrs: tuple[float, ...]) -> None:
+def check_store(uri: str, lrs: tuple[float, ...]):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("celeba-gender-vgg16")
     runs = client.search_runs([exp.experiment_id], "tags.stage = 'train'")
@@ -36,6 +36,19 @@ def check_store(uri: str, lrs: tuple[float, ...]) -> None:
     assert len(evals) == len(lrs)
     versions = client.search_model_versions("name = 'celeba-gender-vgg16'")
     assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in runs)
+    return client, sorted(versions, key=lambda v: int(v.version))
+
+
+def assert_the_better_one_is_champion(client, versions) -> None:
+    """Two experiments selected at once: the first to take the lock became champion, the second
+    was compared with it on the same validation images; the champion is the one with more right
+    (a tie keeps the first)."""
+    first, second = versions
+    assert first.tags["decision"] == "first" and second.tags["decision"] in ("better", "not_better"), second.tags
+    better = int(second.tags["challenger_right"]) > int(second.tags["champion_right"])
+    expected = second if better else first
+    assert client.get_model_version_by_alias("celeba-gender-vgg16", "champion").version == expected.version
+    assert client.get_model_version_by_alias("celeba-gender-vgg16", "challenger").version == second.version
 
 
 README_SECTIONS = ("### Parallel experiments and a tracking server", "## Comparing experiments with DVC")
@@ -74,7 +87,7 @@ def test_the_readmes_experiment_lines_run_as_written(tmp_path):
     for line in queue:
         as_a_user(root, line)
     wait_for_queue(root, experiments=len(lrs))
-    check_store(f"sqlite:///{root / 'mlflow.db'}", lrs)
+    assert_the_better_one_is_champion(*check_store(f"sqlite:///{root / 'mlflow.db'}", lrs))
     assert not list((root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))  # nothing left in the copies
     (run_line,) = [line for line in compare if line.startswith("dvc exp run")]
     as_a_user(root, run_line)  # first, so that the table below holds its result too

@@ -82,28 +82,37 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     from pipeline.files import write_json
     from pipeline.model import build_model, save_checkpoint
     from pipeline.select import select
-    from pipeline.tracking import log_pyfunc
+    from pipeline.tracking import log_predictions, log_pyfunc
 
     variants = {"a": {"strategy": "head_only", "lr": 0.1}, "b": {"strategy": "head_only", "lr": 0.2},
                 "c": {"strategy": "last_block", "lr": 0.3}}
     params = make_params({"train.variants": variants})
+    split_dir = params.path("split.dir")
+    split_dir.mkdir(parents=True)
+    images = [f"{i:06d}.jpg" for i in range(10)]
+    (split_dir / "val.csv").write_text("image_id,label\n" + "".join(f"{i},{n % 2}\n" for n, i in enumerate(images)))
     tracking.setup(params.mlflow_config())
     code = tmp_path / "echo_model.py"
     code.write_text(ECHO_MODEL)
-    # in MLflow: a and b tie on best_val_acc, b has the lower loss; c is worse
-    tracked = {"a": (0.9, 0.30), "b": (0.9, 0.25), "c": (0.7, 0.10)}
+    # in MLflow: a and b tie on best_val_acc, b has the lower loss; c is worse. Each run's
+    # validation predictions say the same: the images each one gets wrong
+    tracked = {"a": (0.9, 0.30, [1]), "b": (0.9, 0.25, [0]), "c": (0.7, 0.10, [0, 1, 2])}
     ckpt = tmp_path / "best.pt"  # the winner's model is a real (trainable-only) one: select loads it
     save_checkpoint(ckpt, build_model("none", 42), image_size=32, weights="none", seed=42)
-    for name, (acc, loss) in tracked.items():
+    for name, (acc, loss, wrong) in tracked.items():
         with mlflow.start_run(run_name=name) as run:
             mlflow.log_metrics({"best_val_acc": acc, "best_val_loss": loss, "best_epoch": 2})
+            labels = [n % 2 for n in range(10)]
+            log_predictions(images, labels, [abs(y - (n in wrong)) * 0.8 + 0.1 for n, y in enumerate(labels)],
+                            tracking.VAL_PREDICTIONS)
             model_uri = log_pyfunc(ckpt, params.get("data.image_size"), params.root) if name == "b" else \
                 mlflow.pyfunc.log_model(name="model", python_model=str(code)).model_uri
             mlflow.set_tag("model_uri", model_uri)
         write_json(params.run_file(name), {"run_id": run.info.run_id})
         # the local metrics say the opposite: select must not read them
         write_json(params.path("train.metrics_dir") / f"{name}.json", {"best_val_acc": 1 - acc, "best_val_loss": loss})
-    result = select(params)
+    lines = []
+    result = select(params, log=lines.append)
     best = json.loads(params.path("select.output").read_text())
     assert best["variant"] == result["variant"] == "b"
     assert best["best_val_acc"] == 0.9 and best["best_val_loss"] == 0.25
@@ -114,6 +123,21 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     # what is registered is the champion select logged to b's run, not b's trainable-only model
     assert version.source == best["champion_uri"] != best["model_uri"]
     assert mlflow.models.get_model_info(version.source).name == "champion"
-    # a second selection registers a new version and moves the alias
-    assert select(params)["version"] == 2
-    assert int(client.get_model_version_by_alias("celeba-gender-vgg16", "champion").version) == 2
+    # how sure: each candidate's interval from its predictions; b against the runner-up a
+    metrics = json.loads(params.path("select.metrics").read_text())
+    assert metrics["selected"] == "b" and metrics["best_val_acc"] == {"a": 0.9, "b": 0.9, "c": 0.7}
+    assert metrics["ci95"]["c"] == {"low": pytest.approx(0.3968, abs=1e-4), "high": pytest.approx(0.8922, abs=1e-4)}
+    assert metrics["runner_up_p"] == 1.0  # one image each where the other is wrong
+    assert (metrics["promoted"], metrics["decision"], metrics["champion"], metrics["challenger"]) == (True, "first", 1, 1)
+    assert any("b over a: right where the other is wrong on 1 vs 1 images, exact McNemar p = 1, within noise" in line
+               for line in lines), lines
+    (run,) = client.search_runs([client.get_run(version.run_id).info.experiment_id], "tags.stage = 'select'")
+    assert run.data.tags["mlflow.parentRunId"] == best["run_id"] and run.data.params["runner_up"] == "a"
+    assert run.data.metrics["val_acc_low_c"] == pytest.approx(0.3968, abs=1e-4)
+    # a second selection registers a new version, the challenger; the champion's run logged no
+    # validation split, so the two cannot be compared and the champion stays
+    again = select(params, log=lines.append)
+    assert again["version"] == 2 and again["champion"] == 1 and not again["promoted"]
+    assert int(client.get_model_version_by_alias("celeba-gender-vgg16", "champion").version) == 1
+    assert int(client.get_model_version_by_alias("celeba-gender-vgg16", "challenger").version) == 2
+    assert client.get_model_version("celeba-gender-vgg16", "2").tags["decision"] == "not_comparable"
