@@ -16,7 +16,12 @@ format Pillow reads; base64 in JSON through ``mlflow models serve``), a ``uint8`
 array, or an already preprocessed float ``3 x S x S`` tensor. Raw images go through the
 evaluation transforms inside the model (:class:`pipeline.data.Preset`: resize to the training
 size, ImageNet mean/std). Called directly (``unwrap_python_model().predict``), it also takes a
-``uint8 (N, H, W, 3)`` or float ``(N, 3, S, S)`` array. Output: ``P(male)`` per image.
+``uint8 (N, H, W, 3)`` or float ``(N, 3, S, S)`` array. Output, per image: ``label`` (1 = male,
+0 = female: the label of the data, decided at P(male) > 0.5) and ``p_male``, so
+``mlflow.models.evaluate(..., model_type="classifier", predictions="label")`` runs on it. An input
+that is not an image, or smaller than 32x32 pixels, fails the whole call with an
+``MlflowException`` (``INVALID_PARAMETER_VALUE``: a 400 from ``mlflow models serve``) whose
+message names the row and the reason in one line.
 """
 from __future__ import annotations
 
@@ -32,10 +37,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.config import CHAMPION_DTYPES
+from pipeline.config import CHAMPION_DTYPES, MIN_IMAGE_SIZE
 
 CHECKPOINT_KEYS = ("trainable", "image_size", "weights", "seed")  # what a pipeline checkpoint holds
 INPUT_COLUMN = "image"
+OUTPUT_COLUMNS = ("label", "p_male")
 BASE64 = re.compile(rb"[A-Za-z0-9+/=\r\n]+")
 NETWORK_FORMAT = 1
 NETWORK_KEYS = ("format", "image_size", "folded", "state")  # what a saved whole network holds
@@ -50,13 +56,22 @@ def model_requirements(root: Path) -> list[str]:
     return [ln.strip() for ln in lines if ln.split("==")[0].strip().lower() in MODEL_REQUIREMENTS]
 
 
+def predict_files(model, paths, batch_size: int) -> np.ndarray:
+    """P(male) of image files through a loaded pyfunc ``model``'s own interface, ``batch_size`` at
+    a time: each file's bytes in, as ``mlflow models serve`` gets them."""
+    paths = list(paths)
+    chunks = [model.predict(pd.DataFrame({INPUT_COLUMN: [Path(p).read_bytes() for p in paths[i:i + batch_size]]}))
+              ["p_male"].to_numpy(dtype=np.float32) for i in range(0, len(paths), batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+
 def signature():
-    """Input: a binary column ``image``; output: P(male) per row."""
+    """Input: a binary column ``image``; output per row: ``label`` (1 = male) and ``p_male``."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, Schema, TensorSpec
+    from mlflow.types import ColSpec, DataType, Schema
 
     return ModelSignature(inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
+                          outputs=Schema([ColSpec(DataType.long, "label"), ColSpec(DataType.float, "p_male")]))
 
 
 def example_input(image_size: int):
@@ -120,6 +135,23 @@ def load_network(path) -> tuple[torch.nn.Module, int]:
 
 # --- the pyfunc model ---------------------------------------------------------------
 
+def large_enough(img):
+    """``img`` itself, or :class:`ValueError` when it is too small to hold a face to classify."""
+    w, h = img.size
+    if min(w, h) < MIN_IMAGE_SIZE:
+        raise ValueError(f"a {w}x{h} image is smaller than the model's minimum of {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} "
+                         "pixels")
+    return img
+
+
+def labelled(p_male: np.ndarray) -> pd.DataFrame:
+    """The model's output: ``label`` (1 = male at P(male) > the threshold) and ``p_male``."""
+    from pipeline.data import THRESHOLD
+
+    p_male = np.asarray(p_male, dtype=np.float32)
+    return pd.DataFrame({"label": (p_male > THRESHOLD).astype(np.int64), "p_male": p_male})
+
+
 class GenderClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         if "network" in context.artifacts:
@@ -170,17 +202,19 @@ class GenderClassifier(mlflow.pyfunc.PythonModel):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # e.g. a corrupt EXIF block: harmless here
                     with Image.open(io.BytesIO(bytes(value))) as img:
-                        return preset(img)
+                        return preset(large_enough(img))
+            except ValueError:
+                raise
             except UnidentifiedImageError:
                 raise ValueError("not an image file Pillow can read") from None
             except Exception as exc:  # noqa: BLE001 - Pillow raises many types on damaged data
                 raise ValueError(_decode_problem(exc)) from None
         if isinstance(value, Image.Image):
-            return preset(value)
+            return preset(large_enough(value))
         array = value.numpy() if isinstance(value, torch.Tensor) else value
         if isinstance(array, np.ndarray):
             if array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
-                return preset(Image.fromarray(array))  # raw pixels, H x W (x 3)
+                return preset(large_enough(Image.fromarray(array)))  # raw pixels, H x W (x 3)
             size = int(self.image_size)
             if array.dtype.kind == "f" and array.shape == (3, size, size):
                 return torch.as_tensor(np.asarray(array, dtype=np.float32))  # already preprocessed
@@ -195,7 +229,7 @@ class GenderClassifier(mlflow.pyfunc.PythonModel):
         device = next(self.net.parameters()).device
         return torch.sigmoid(self.net(x.to(device, non_blocking=True)).squeeze(1)).cpu()
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             column = INPUT_COLUMN if INPUT_COLUMN in model_input.columns else model_input.columns[0]
             values = list(model_input[column])
@@ -205,12 +239,14 @@ class GenderClassifier(mlflow.pyfunc.PythonModel):
             values = [model_input]  # one H x W x 3 image
         else:
             values = list(model_input)
-        if not values:
-            return np.zeros(0, dtype=np.float32)
         tensors = []
         for i, value in enumerate(values):
             try:
                 tensors.append(self.preprocess(value))
-            except ValueError as exc:
-                raise ValueError(f"input {i}: {exc}") from None
-        return self.predict_proba(torch.stack(tensors)).numpy()
+            except ValueError as exc:  # the caller's to fix: a 400 with this line, not a server error
+                from mlflow.exceptions import MlflowException
+                from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+                raise MlflowException(f"input row {i}: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
+        p_male = self.predict_proba(torch.stack(tensors)).numpy() if tensors else np.zeros(0, dtype=np.float32)
+        return labelled(p_male)

@@ -1,6 +1,6 @@
 """``python -m pipeline.predict``: the registry's champion (or a checkpoint) on image files."""
+import io
 import json
-
 from pathlib import Path
 
 import mlflow
@@ -46,7 +46,7 @@ def faces(project, tmp_path_factory):
 def pyfunc_p_male(champion, images) -> np.ndarray:
     """P(male) by the registered pyfunc model, fed the image files' bytes (as a server is)."""
     frame = pd.DataFrame({"image": [p.read_bytes() for p in images]})
-    return np.asarray(champion[1].predict(frame), dtype=np.float64)
+    return champion[1].predict(frame)["p_male"].to_numpy(dtype=np.float64)
 
 
 def test_registered_model_is_the_whole_network_and_takes_raw_images(project, champion, faces):
@@ -58,14 +58,15 @@ def test_registered_model_is_the_whole_network_and_takes_raw_images(project, cha
     version = client.get_model_version_by_alias(project.get("base.mlflow.registered_model"), "champion")
     assert version.source == info.model_uri  # the version registered from that logged model
     sig = info.signature
-    assert not sig.inputs.is_tensor_spec() and sig.outputs.is_tensor_spec()
+    assert not sig.inputs.is_tensor_spec() and not sig.outputs.is_tensor_spec()
     assert [(c.name, c.type) for c in sig.inputs.inputs] == [("image", DataType.binary)]
-    assert sig.outputs.inputs[0].shape == (-1,)
+    assert [(c.name, c.type) for c in sig.outputs.inputs] == [("label", DataType.long), ("p_male", DataType.float)]
     local = Path(mlflow.artifacts.download_artifacts(uri))
     example = Model.load(local).load_input_example(local)
     assert list(example.columns) == ["image"] and isinstance(example["image"][0], bytes)
     p = pyfunc.predict(example)
-    assert p.shape == (1,) and 0 < float(p[0]) < 1
+    assert list(p.columns) == ["label", "p_male"] and len(p) == 1 and 0 < float(p["p_male"][0]) < 1
+    assert p["label"][0] == int(p["p_male"][0] > 0.5)
     assert pyfunc.unwrap_python_model().image_size == SIZE
     # the champion carries every layer (avgpool folded into fc6 at 32x32), in float16
     (network,) = local.rglob("*.pt")
@@ -85,10 +86,44 @@ def test_registered_model_is_the_whole_network_and_takes_raw_images(project, cha
         with Image.open(path) as img:
             pixels.append(np.asarray(img.convert("RGB")))
     assert pixels[0].dtype == np.uint8 and pixels[0].shape[2] == 3
-    assert pyfunc.predict(pd.DataFrame({"image": pixels})) == pytest.approx(expected, abs=1e-6)
+    assert pyfunc.predict(pd.DataFrame({"image": pixels}))["p_male"].tolist() == pytest.approx(expected, abs=1e-6)
     tensors = list(preprocess(images, SIZE))
-    assert pyfunc.predict(pd.DataFrame({"image": tensors})) == pytest.approx(expected, abs=1e-6)
-    assert pyfunc.unwrap_python_model().predict(None, np.stack(pixels)) == pytest.approx(expected, abs=1e-6)
+    assert pyfunc.predict(pd.DataFrame({"image": tensors}))["p_male"].tolist() == pytest.approx(expected, abs=1e-6)
+    assert pyfunc.unwrap_python_model().predict(None, np.stack(pixels))["p_male"].tolist() == \
+        pytest.approx(expected, abs=1e-6)
+
+
+def test_a_bad_row_is_one_line_naming_it_and_the_reason(champion, faces):
+    """Not an image, or too small to hold a face: MLflow's INVALID_PARAMETER_VALUE (a 400 when
+    served), naming the row, instead of a confident answer or an unexpected error."""
+    from mlflow.exceptions import MlflowException
+
+    _, images = faces
+    tiny = io.BytesIO()
+    Image.new("RGB", (1, 1), (120, 90, 80)).save(tiny, format="PNG")
+    for rows, reason in (([images[0].read_bytes(), b"not an image at all"], "input row 1: not an image file"),
+                         ([tiny.getvalue()], "input row 0: a 1x1 image is smaller than the model's minimum of 32x32")):
+        with pytest.raises(MlflowException) as caught:
+            champion[1].predict(pd.DataFrame({"image": rows}))
+        assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+        assert caught.value.message.startswith(reason) and "\n" not in caught.value.message
+
+
+def test_mlflow_evaluate_runs_on_the_champion_as_a_classifier(project, champion, faces):
+    """The champion returns the label beside P(male), so MLflow's own classifier evaluation runs on
+    its output (``predictions="label"``; MLflow 3.17's classifier evaluator takes a model's output
+    only when it is a single column, hence the champion's frame as a static dataset)."""
+    _, images = faces
+    out = champion[1].predict(pd.DataFrame({"image": [p.read_bytes() for p in images]}))
+    data = out.assign(target=[1, 0, 1, 0][:len(images)])
+    tracking.use_store(tracking.store_uri(project))
+    mlflow.set_experiment("evaluate-the-champion")
+    with mlflow.start_run():
+        result = mlflow.models.evaluate(data=data, targets="target", predictions="label", model_type="classifier",
+                                        evaluators=["default"])
+    assert result.metrics["accuracy_score"] == pytest.approx((out["label"] == data["target"]).mean())
+    assert result.metrics["example_count"] == len(images)
+    assert "confusion_matrix" in " ".join(result.artifacts)
 
 
 def test_predict_prints_each_image_and_one_error_per_bad_input(project, champion, faces, tmp_path):

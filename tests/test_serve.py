@@ -1,6 +1,7 @@
 """The REAL ``mlflow models serve`` of the registered champion: self-contained (no base weights file,
 an empty torch cache, an empty working folder), fed JPEG/PNG bytes, answering like pipeline.predict."""
 import base64
+import io
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from helpers.projects import free_port, stop_group
 from helpers.champion_project import VARIANT, build, cli_env, make_faces
@@ -43,14 +45,19 @@ def wait_for_ping(proc, url: str, log: Path) -> float:
     pytest.fail(f"no /ping answer within {PING_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
-def post(url: str, payload: dict) -> list[float]:
+def post(url: str, payload: dict, expect: int = 200):
+    """``POST /invocations``: the predictions (a record of label and p_male per row), or with
+    ``expect`` another status, the error body."""
     request = urllib.request.Request(f"{url}/invocations", data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as resp:
+            assert expect == 200, f"expected HTTP {expect}, got 200"
             return json.loads(resp.read())["predictions"]
     except urllib.error.HTTPError as exc:
-        pytest.fail(f"POST /invocations: HTTP {exc.code}: {exc.read()[:2000]!r}")
+        if exc.code != expect:
+            pytest.fail(f"POST /invocations: HTTP {exc.code}: {exc.read()[:2000]!r}")
+        return json.loads(exc.read())
 
 
 def test_served_champion_is_self_contained_and_matches_predict(project, tmp_path):
@@ -88,14 +95,27 @@ def test_served_champion_is_self_contained_and_matches_predict(project, tmp_path
             ping_s = wait_for_ping(proc, url, log)
             print(f"\nmlflow models serve: /ping answered after {ping_s:.1f} s")
             b64 = [base64.b64encode(p.read_bytes()).decode("ascii") for p in images]
-            served = post(url, {"dataframe_split": {"columns": ["image"], "data": [[b] for b in b64]}})
-            served_inputs = post(url, {"inputs": {"image": b64}})
+            records = post(url, {"dataframe_split": {"columns": ["image"], "data": [[b] for b in b64]}})
+            served_inputs = [r["p_male"] for r in post(url, {"inputs": {"image": b64}})]
+            garbage = base64.b64encode(b"this is text, not an image: " * 4).decode("ascii")
+            bad = post(url, {"dataframe_split": {"columns": ["image"], "data": [[b64[0]], [garbage]]}}, expect=400)
+            tiny = io.BytesIO()
+            Image.new("RGB", (1, 1)).save(tiny, format="PNG")
+            small = post(url, {"inputs": {"image": [base64.b64encode(tiny.getvalue()).decode("ascii")]}}, expect=400)
+            after = post(url, {"inputs": {"image": b64[:1]}})  # the server is still up
         finally:
             stop_group(proc)
     finally:
         hidden.rename(weights)
     assert list(empty.iterdir()) == [] and list(torch_home.rglob("*")) == []  # nothing read or cached there
-    assert len(served) == len(images)
+    assert all(set(r) == {"label", "p_male"} and r["label"] == int(r["p_male"] > 0.5) for r in records), records
+    served = [r["p_male"] for r in records]
+    assert len(served) == len(images) and after[0]["p_male"] == pytest.approx(served[0], abs=1e-7)
+    for body, reason in ((bad, "input row 1: not an image file Pillow can read"),
+                         (small, "input row 0: a 1x1 image is smaller than the model's minimum of 32x32 pixels")):
+        assert body["error_code"] == "INVALID_PARAMETER_VALUE" and "stack_trace" not in body, body
+        assert body["message"].splitlines()[-1].endswith(reason), body["message"][-500:]
+        assert "Traceback" not in json.dumps(body)
     assert served == pytest.approx([predicted[str(p)] for p in images], abs=1e-5)  # the same champion
     assert served_inputs == pytest.approx(served, abs=1e-7)
     assert served == pytest.approx([by_checkpoint[str(p)] for p in images], abs=HALF)

@@ -58,7 +58,8 @@ def new_project(root: Path, overrides: dict | None = None) -> Path:
             shutil.copy(src, root / name)
     write_params(root, overrides)
     sh("git init -q && dvc init -q", root)
-    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # dvc.yaml's plot template
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # dvc.yaml's plot templates, the page
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")  # plots.html_template: the offline page
     sh("git add -A && git commit -qm init", root)
     return root
 
