@@ -182,6 +182,18 @@ def read_attributes(root: Path) -> pd.DataFrame:
     return (_read_official if layout.kind == OFFICIAL else _read_kaggle)(layout.attr_file)
 
 
+def attribute_columns(root: Path, image_ids) -> pd.DataFrame:
+    """Every attribute but ``Male`` of ``image_ids`` (in that order), values 1 / -1 as int8, from
+    the attribute file :func:`read_attributes` has already checked: what evaluate slices by."""
+    layout = detect_layout(root)
+    if layout.kind == OFFICIAL:  # a header of names, rows one field longer: the id is the index
+        table = pd.read_csv(layout.attr_file, sep=r"\s+", skiprows=1, header=0, encoding="utf-8-sig")
+    else:
+        table = pd.read_csv(layout.attr_file, encoding="utf-8-sig", skipinitialspace=True).set_index(ID_COLUMN)
+    table.index = table.index.astype(str)
+    return table.drop(columns=[LABEL_ATTR]).loc[list(image_ids)].astype("int8")
+
+
 def read_identities(root: Path) -> pd.DataFrame | None:
     """``image_id, identity`` rows of ``identity_CelebA.txt`` (``None`` when there is no file)."""
     path = detect_layout(root).identity_file

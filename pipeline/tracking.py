@@ -290,13 +290,25 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description="Print the MLflow store of params.yaml")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--what", choices=("uri", "store", "artifacts"), default="uri",
+    parser.add_argument("--what", choices=("uri", "store", "artifacts", "runs-page"), default="uri",
                         help="uri: what the stages use (MLFLOW_TRACKING_URI first); store: the backend "
-                             "store of params.yaml; artifacts: its artifact folder")
+                             "store of params.yaml; artifacts: its artifact folder; runs-page: the UI's page "
+                             "of the experiment's runs (path and query after the server's address)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     print({"uri": lambda: tracking_uri(params), "store": lambda: store_uri(params),
-           "artifacts": lambda: str(params.mlflow_config().artifact_root)}[args.what]())
+           "artifacts": lambda: str(params.mlflow_config().artifact_root),
+           "runs-page": lambda: runs_page(params.mlflow_config())}[args.what]())
+
+
+def runs_page(store: MlflowConfig) -> str:
+    """``/#/experiments/<id>?workflowType=machine_learning``: the experiment's runs table. MLflow
+    3.17's UI reads the experiment kind tag (:data:`EXPERIMENT_KIND`) only with its workflow
+    navigation off, which this build always has on: the view follows its GenAI / Model training
+    switch, set by this query (and remembered by the browser once clicked)."""
+    use_store(store.uri)
+    exp = mlflow.get_experiment_by_name(store.experiment)
+    return f"/#/experiments/{exp.experiment_id}?workflowType=machine_learning" if exp else "/"
 
 
 if __name__ == "__main__":

@@ -97,7 +97,18 @@ def test_real_celeba_learns_end_to_end(make_params, tmp_path):
     cm = pd.read_csv(params.path("evaluate.confusion_csv"))
     assert metrics["n_test"] == summary["test"]["images"] == len(cm)
     assert metrics["accuracy"] == pytest.approx((cm["actual"] == cm["predicted"]).mean())
-    assert json.loads(params.path("evaluate.metrics").read_text())["accuracy"] == metrics["accuracy"]
+    short = json.loads(params.path("evaluate.metrics").read_text())
+    assert short["accuracy"] == metrics["accuracy"] and short["ci95"]["low"] < metrics["accuracy"]
+    # real CelebA attributes: 39 of them, each side's n adding up to the test split; the worst
+    # slices are of at least evaluate.min_slice images and sorted by accuracy
+    table = pd.read_csv(params.path("evaluate.slices"))
+    assert len(table) == 2 * 39 and (table.groupby("attribute")["n"].sum() == metrics["n"]).all()
+    worst = short["worst_slices"]
+    assert 1 <= len(worst) <= 5, worst
+    ranked = table[table["n"] >= params.get("evaluate.min_slice")].sort_values("accuracy")
+    assert worst["1"].startswith(ranked["slice"].iloc[0] + " ") or \
+        ranked["accuracy"].iloc[0] == ranked["accuracy"].iloc[1]
+    print(f"test accuracy {short['accuracy']:.3f} {short['ci95']}, ECE {short['ece']}, worst: {worst}")
 
 
 def test_real_celeba_kaggle_layout_limit_and_identity_split(make_params, tmp_path):
