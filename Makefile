@@ -4,6 +4,7 @@
 # make test    - setup, then the whole test suite on 3 parallel workers (what CI runs; TEST_WORKERS=0: serially)
 # make test-fast - setup, then the unit tests only (-m "not slow": no dvc repro, no servers, no browser)
 # make bench   - plain loop vs frozen-prefix reuse on the default config (prints a table + JSON)
+# make bench-scale - dvc status, split and a train stage's start on 30,000 and 202,599-image mirrors
 # make mlflow-ui - browse runs of the local SQLite store at http://127.0.0.1:5000
 # make mlflow-server - a tracking server on 127.0.0.1:5000 over the same store, for parallel runs:
 #                 export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (HOST=0.0.0.0 to serve a team)
@@ -20,7 +21,7 @@ STAMP := $(VENV)/.requirements.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast bench mlflow-ui mlflow-server celeba-sample push pull clean
+.PHONY: help setup repro test test-fast bench bench-scale mlflow-ui mlflow-server celeba-sample push pull clean
 
 help:
 	@awk '/^#/ {sub(/^# ?/, ""); print; next} {exit}' $(firstword $(MAKEFILE_LIST))
@@ -48,7 +49,11 @@ test-fast: setup
 bench: setup
 	python -m pipeline.bench
 
+bench-scale: setup
+	python -m pipeline.scale
+
 mlflow-ui: setup
+	@echo "the experiment's runs: http://127.0.0.1:5000$$(python -m pipeline.tracking --what runs-page)"
 	mlflow ui --backend-store-uri "$$(python -m pipeline.tracking --what store)" --host 127.0.0.1 --port 5000
 
 HOST ?= 127.0.0.1

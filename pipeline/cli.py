@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 from typing import Any, Callable
 
@@ -12,6 +13,19 @@ DEBUG_ENV = "PIPELINE_DEBUG"  # set to 1: unexpected errors show their traceback
 
 class PipelineError(Exception):
     """An error the user can fix; stages print it as one line and exit non-zero."""
+
+
+class Stopped(BaseException):
+    """SIGTERM (``timeout``, ``dvc queue kill``, a cluster's scheduler): raised where the command
+    is, so its ``finally`` blocks remove what it had half written, as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
 
 
 def one_line(text: Any) -> str:
@@ -29,7 +43,7 @@ def run_main(fn: Callable[[], Any]) -> None:
     """Run a stage's main(): every error becomes one line on stderr, no traceback.
 
     A :class:`PipelineError` (the user's to fix) and any unexpected exception exit 1,
-    Ctrl-C exits 130. With ``PIPELINE_DEBUG=1`` in the environment the exception is
+    Ctrl-C exits 130, SIGTERM 143 (each after the command's clean-up ran). With ``PIPELINE_DEBUG=1`` in the environment the exception is
     re-raised instead, traceback and all.
     """
     debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
@@ -39,6 +53,7 @@ def run_main(fn: Callable[[], Any]) -> None:
     # for the imports; it is on from here.
     gc.freeze()
     gc.enable()
+    signal.signal(signal.SIGTERM, _stop)
     try:
         fn()
     except PipelineError as exc:
@@ -51,6 +66,9 @@ def run_main(fn: Callable[[], Any]) -> None:
             raise
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Stopped as exc:
+        print(f"error: stopped by {exc}", file=sys.stderr)
+        sys.exit(128 + exc.signum)
     except Exception as exc:  # noqa: BLE001 - a bug or an environment problem: one line, and how to see more
         if debug:
             raise

@@ -11,10 +11,11 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.celeba import detect_layout
 from pipeline.cli import PipelineError, one_line
-from pipeline.images import _decode_problem, check_images
+from pipeline.images import _decode_problem
 
 CLASS_NAMES = ("female", "male")  # label 0, label 1
 THRESHOLD = 0.5  # the decision: "male" when P(male) > THRESHOLD (train, evaluate, predict)
+TEST_ATTRIBUTES = "test_attributes.csv"  # in split.dir: the test images' attributes but Male (1 / -1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -69,9 +70,9 @@ class FaceDataset:
     """Images of a split (a map-style dataset for :class:`torch.utils.data.DataLoader`);
     ``train=True`` flips each sample by :func:`epoch_flips` of the epoch set.
 
-    On creation it checks every listed image again (:func:`check_images`: present, header
-    readable, not cut short; about 0.05 ms an image); an image that still cannot be decoded
-    later fails with a one-line :class:`PipelineError` naming it.
+    It trusts the split stage's checks (:func:`pipeline.manifest.verify` is how a stage makes
+    sure the files are still those); an image that cannot be decoded fails with a one-line
+    :class:`PipelineError` naming it.
     """
 
     def __init__(self, root: Path, frame: pd.DataFrame, image_size: int, train: bool = False, seed: int = 0):
@@ -84,9 +85,6 @@ class FaceDataset:
         self.train = train
         self.seed = seed
         self.flips = torch.zeros(len(self.ids), dtype=torch.bool)
-        # the split lists may point at images that changed since the split stage checked them;
-        # read_split records which file the list came from
-        check_images(root, self.ids, listed_in=frame.attrs.get("source", "the split"))
 
     def set_epoch(self, epoch: int) -> None:
         if self.train:
@@ -145,5 +143,18 @@ def read_split(split_dir: Path, name: str) -> pd.DataFrame:
         raise PipelineError(f"{path}:{row + 2}: expected an image id and a label 0 or 1, "
                             f"got {frame['image_id'][row]},{frame['label'][row]}")
     frame = frame.astype({"label": int}).reset_index(drop=True)
-    frame.attrs["source"] = str(path)  # FaceDataset names the file when an image it lists is gone
+    frame.attrs["source"] = str(path)  # the file an error names when an image it lists is gone
     return frame
+
+
+def read_test_attributes(split_dir: Path, image_ids) -> pd.DataFrame:
+    """The attributes of ``image_ids`` (the test split, in its order) that split wrote: one column
+    per attribute, 1 / -1; no column when the attribute file holds only ``Male``."""
+    path = Path(split_dir) / TEST_ATTRIBUTES
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found (run the split stage again)")
+    table = pd.read_csv(path, dtype={"image_id": str}).set_index("image_id")
+    missing = [i for i in image_ids if i not in table.index]
+    if missing:
+        raise PipelineError(f"{path}: no attributes for {missing[0]} of the test split (run the split stage again)")
+    return table.loc[list(image_ids)]

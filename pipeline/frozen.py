@@ -137,7 +137,7 @@ def cache_key(cfg: TrainConfig, frames: dict[str, pd.DataFrame], device: torch.d
     :func:`pipeline.resident.images_digest` of ``frames``, when the caller has it already."""
     from pipeline import numerics
 
-    images = digest or resident.images_digest(cfg.data_root, frames)
+    images = digest or resident.images_digest(cfg, frames)
     kernels = numerics.describe()
     if kernels["reproducible"]:
         kernels.pop("threads")  # the same values whatever the thread count
@@ -214,7 +214,7 @@ def ensure_cache(cfg: TrainConfig, model: nn.Module, device: torch.device, log=p
     """
     frames = {s: read_split(cfg.split_dir, s) for s in ("train", "val")}
     layers = needed_layers(cfg)
-    digest = digest or resident.images_digest(cfg.data_root, frames)
+    digest = digest or resident.images_digest(cfg, frames)
     key, parts = cache_key(cfg, frames, device, digest)
     dtype, view_dtype = feature_dtype(parts["amp"])
     root = cfg.feature_cache
@@ -225,6 +225,7 @@ def ensure_cache(cfg: TrainConfig, model: nn.Module, device: torch.device, log=p
               "dtype": dtype, "view_dtype": view_dtype}
     with resident.entry_lock(root, key):  # a concurrent stage waits, then reuses
         entry.mkdir(parents=True, exist_ok=True)
+        resident.sweep(entry, log)
         missing = [layer for layer in layers if not all(p.is_file() for p in _files(entry, layer).values())]
         if not missing:
             log(f"feature cache: reusing {'+'.join(layers)} ({total / 2**20:.1f} MB) in {entry}")

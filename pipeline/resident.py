@@ -43,7 +43,6 @@ from pipeline.cli import PipelineError
 from pipeline.config import TrainConfig
 from pipeline.files import write_json
 from pipeline.data import FaceDataset, IMAGENET_MEAN, IMAGENET_STD, make_loader
-from pipeline.celeba import detect_layout
 
 IMAGE_FORMAT = 1
 IMAGE_PREFIX = "images-"  # image entries under train.feature_cache; feature entries are bare keys
@@ -94,16 +93,12 @@ def hash_file(h, path: Path) -> None:
             h.update(chunk)
 
 
-def images_digest(root: Path, frames: dict[str, pd.DataFrame]) -> str:
-    """A digest of the splits' image ids and bytes (what every cached value is computed from)."""
-    images = hashlib.blake2b(digest_size=16)
-    folder = detect_layout(root).image_dir
-    for split, frame in frames.items():
-        images.update(split.encode())
-        for image_id in frame["image_id"]:
-            images.update(image_id.encode())
-            hash_file(images, folder / image_id)
-    return images.hexdigest()
+def images_digest(cfg: TrainConfig, frames: dict[str, pd.DataFrame]) -> str:
+    """A digest of the splits' image ids and bytes (what every cached value is computed from),
+    from the hashes the split stage recorded (:mod:`pipeline.manifest`): no image is read."""
+    from pipeline import manifest
+
+    return manifest.digest(manifest.load(cfg.split_dir), frames)
 
 
 def image_key(cfg: TrainConfig, frames: dict[str, pd.DataFrame], digest: str | None = None) -> tuple[str, dict]:
@@ -112,7 +107,7 @@ def image_key(cfg: TrainConfig, frames: dict[str, pd.DataFrame], digest: str | N
     from pipeline.stages import code_digest
 
     parts = {"format": IMAGE_FORMAT, "image_size": cfg.image_size,
-             "images": digest or images_digest(cfg.data_root, frames),
+             "images": digest or images_digest(cfg, frames),
              "code": code_digest("train"), "pillow": pillow}
     return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=10).hexdigest(), parts
 
@@ -139,6 +134,20 @@ def entry_lock(root: Path, key: str, shared: bool = False):
         yield
 
 
+TMP_GLOB = "*.tmp*.npy"  # what a build writes before renaming: <name>.tmp<pid>.npy
+
+
+def sweep(entry: Path, log=print) -> None:
+    """Remove what a killed build left in ``entry`` (SIGKILL runs no clean-up): called under the
+    entry's exclusive lock, which its builder held until it died, so no live build owns them."""
+    left = sorted(entry.glob(TMP_GLOB)) if entry.is_dir() else []
+    for path in left:
+        path.unlink(missing_ok=True)
+    if left:
+        log(f"cache: removed {len(left)} temporary files of an interrupted build in {entry} "
+            f"({', '.join(p.name for p in left[:3])}{' ...' if len(left) > 3 else ''})")
+
+
 def touch(entry: Path) -> None:
     """Mark an entry as used now (the LRU order of :func:`enforce_budget`)."""
     (entry / LAST_USED).touch()
@@ -160,6 +169,7 @@ def ensure_images(cfg: TrainConfig, frames: dict[str, pd.DataFrame], workers: in
     result = {"dir": entry, "key": name, "files": files, "built": False, "decode_seconds": 0.0, "bytes": total}
     with entry_lock(root, name):
         entry.mkdir(parents=True, exist_ok=True)
+        sweep(entry, log)
         if all(p.is_file() for p in files.values()):
             log(f"image cache: reusing {total / 2**20:.1f} MB of decoded {size}x{size} images in {entry}")
             touch(entry)
@@ -484,7 +494,7 @@ def training_data(cfg: TrainConfig, model: nn.Module, strategy: str, device: tor
     labels = {s: torch.tensor(f["label"].to_numpy(), dtype=torch.float32) for s, f in frames.items()}
     root = cfg.feature_cache
     placer = Placer(device, log)
-    digest = images_digest(cfg.data_root, frames)
+    digest = images_digest(cfg, frames)
     out = {"layer": "none", "mode": "plain", "cache": None, "images": None}
 
     def image_sources():

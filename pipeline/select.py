@@ -35,7 +35,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from pipeline import compare, promote, tracking
+from pipeline import compare, manifest, promote, tracking
 from pipeline.cli import PipelineError, one_line, run_main
 from pipeline.config import Params, load_params
 from pipeline.data import THRESHOLD, read_split
@@ -142,7 +142,12 @@ def scorer(params: Params, name: str, val: pd.DataFrame):
     from pipeline.celeba import detect_layout
     from pipeline.engine import resolve_device
 
+    checked: list = []
+
     def score(version) -> pd.Series:
+        if not checked:  # the images still those split checked, once, before the first model runs
+            checked.append(manifest.verify(params.dataset_root(), val, params.path("split.dir"),
+                                           params.shared_path("train.feature_cache")))
         folder = detect_layout(params.dataset_root()).image_dir
         try:
             model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")

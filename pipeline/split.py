@@ -9,7 +9,9 @@ It reads the CelebA-layout folder ``data.root`` (official or Kaggle layout, see
 that the generate stage wrote (:mod:`pipeline.synthetic`), with ``celeba`` real CelebA.
 ``data.limit: N`` first keeps a seeded stratified subset of N images. ``split.group_by: none``
 splits images (stratified by class); ``identity`` splits people (see :func:`identity_split`).
-Writes ``train.csv``, ``val.csv``, ``test.csv`` (``image_id,label``; label 1 = male) and
+Writes ``train.csv``, ``val.csv``, ``test.csv`` (``image_id,label``; label 1 = male),
+``test_attributes.csv`` (the test images' other attributes, 1 / -1: what evaluate slices by),
+``manifest.csv`` (every image's split, size and content hash: :mod:`pipeline.manifest`) and
 ``split.json`` (class counts, group_by; for identity, identities per split and their overlap)
 to ``split.dir``.
 """
@@ -25,9 +27,10 @@ import pandas as pd
 from pipeline.cli import PipelineError, one_line, run_main
 from pipeline.config import Params, load_params
 from pipeline.files import atomic_write, write_json
-from pipeline.celeba import ATTR_FILE, detect_layout, identities_of, read_attributes
-from pipeline.data import CLASS_NAMES
-from pipeline.images import check_images
+from pipeline.celeba import ATTR_FILE, attribute_columns, detect_layout, identities_of, read_attributes
+from pipeline.data import CLASS_NAMES, TEST_ATTRIBUTES
+from pipeline import manifest
+from pipeline.images import scan
 
 SPLITS = ("train", "val", "test")
 
@@ -151,9 +154,9 @@ def split(params: Params, log=None) -> dict:
         except PipelineError:
             identity = None
     started = time.perf_counter()
-    n = check_images(root, frame["image_id"])
+    scanned = scan(root, frame["image_id"])
     if log is not None:
-        log(f"split: checked {n} images in {time.perf_counter() - started:.1f} s")
+        log(f"split: checked and hashed {len(scanned)} images in {time.perf_counter() - started:.1f} s")
     fractions = params.get("split.fractions")
     if group_by == "identity":
         parts = identity_split(frame, identity, fractions, seed, layout.attr_file)
@@ -169,12 +172,16 @@ def split(params: Params, log=None) -> dict:
         summary["identities"] = len(seen)
         # people with images in more than one split: 0 by construction for group_by identity
         summary["identity_overlap"] = sum(1 for times in seen.values() if times > 1)
+    attributes = attribute_columns(root, parts["test"]["image_id"]).rename_axis("image_id").reset_index()
     for name, part in parts.items():
         atomic_write(out / f"{name}.csv", lambda t, part=part: part.to_csv(t, index=False))
         summary[name] = {"images": len(part), "male": int(part["label"].sum()),
                          "female": int((part["label"] == 0).sum())}
         if identity is not None:
             summary[name]["identities"] = len(people[name])
+    atomic_write(out / TEST_ATTRIBUTES, lambda t: attributes.to_csv(t, index=False))
+    manifest.write(out, parts, scanned)
+    manifest.remember(params.shared_path("train.feature_cache"), root, out, scanned)
     write_json(out / "split.json", summary)
     return summary
 
@@ -183,10 +190,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     summary = split(load_params(args.params), log=print)
     print("split: " + ", ".join(f"{s} {summary[s]['images']} ({summary[s]['male']} male)" for s in SPLITS)
           + (f"; {summary['identities']} identities, {summary['identity_overlap']} in more than one split"
-             if "identities" in summary else ""))
+             if "identities" in summary else "") + f" ({time.perf_counter() - started:.1f} s)")
 
 
 if __name__ == "__main__":

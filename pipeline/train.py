@@ -35,11 +35,11 @@ import mlflow
 import pandas as pd
 import torch
 
-from pipeline import numerics, resident, resume, tracking
+from pipeline import manifest, numerics, resident, resume, tracking
 from pipeline.cli import run_main
 from pipeline.config import Params, TrainConfig, load_params
 from pipeline.files import atomic_write, write_json
-from pipeline.data import FaceDataset, epoch_flips, read_split
+from pipeline.data import epoch_flips, read_split
 from pipeline.engine import evaluate_batches, progress, train_epoch
 from pipeline.model import save_checkpoint, trainable_model, trainable_state
 
@@ -66,8 +66,8 @@ def build(params: Params, variant: str) -> Run:
     cfg, spec = params.train_config(), params.variant(variant)
     device, amp, channels_last = resident.placement(cfg)
     frames = {name: read_split(cfg.split_dir, name) for name in ("train", "val")}
-    for frame in frames.values():  # every listed image present and readable, before any work
-        FaceDataset(params.dataset_root(), frame, cfg.image_size)
+    for frame in frames.values():  # every listed image still the one split checked, before any work
+        manifest.verify(params.dataset_root(), frame, cfg.split_dir, cfg.feature_cache)
     tracking.setup(params.mlflow_config())  # a bad tracking URI fails here, before any work
     model, trainable, optimizer = trainable_model(cfg.weights, cfg.seed, spec["strategy"], spec["lr"], device,
                                                   channels_last, cfg.root)

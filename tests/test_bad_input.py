@@ -241,7 +241,7 @@ SPLIT_CASES = [
 def test_split_fails_in_one_line_and_keeps_the_earlier_split(project, celeba, breakage, culprits):
     split(load_params(project))  # an earlier good run
     before = split_outputs(project)
-    assert set(before) == {"train.csv", "val.csv", "test.csv", "split.json"}
+    assert set(before) == {"train.csv", "val.csv", "test.csv", "test_attributes.csv", "manifest.csv", "split.json"}
     breakage(celeba, project)
     proc = run_stage("split", project)
     assert_one_line_error(proc, *(c.format(root=celeba) for c in culprits))
@@ -395,15 +395,6 @@ def test_a_worker_error_is_still_one_line(celeba, capsys):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_the_dataset_names_the_split_file_of_a_vanished_image(project, celeba):
-    params = load_params(project)
-    split(params)
-    frame = read_split(params.path("split.dir"), "val")
-    (celeba / IMAGE_DIR / frame["image_id"][0]).unlink()
-    with pytest.raises(PipelineError, match=rf"{frame['image_id'][0]}: listed in .*val\.csv but not found"):
-        FaceDataset(celeba, frame, 32)
-
-
 def test_an_edited_split_file_is_named(project):
     params = load_params(project)
     split(params)
@@ -500,7 +491,9 @@ def test_a_failed_synthetic_regeneration_keeps_the_set_and_the_split(make_params
         synthetic.generate_from_params(params)
     assert split_outputs(Path(params.root) / "params.yaml") == before
     assert {p.name: p.read_bytes() for p in (params.dataset_root() / IMAGE_DIR).iterdir()} == images_before
-    assert sorted(p.name for p in params.path("data.synthetic.dir").parent.iterdir()) == ["split", "synthetic"]
+    # features/: the split stage's record of the files it hashed (pipeline/manifest.py)
+    assert sorted(p.name for p in params.path("data.synthetic.dir").parent.iterdir()) == ["features", "split",
+                                                                                        "synthetic"]
 
 
 def test_an_empty_data_root_is_one_line_and_leaves_the_split(make_params, tmp_path):

@@ -1,6 +1,6 @@
-"""The data are a dependency: ``dvc.lock`` holds the hash of ``data.root``, and a changed label or
-image re-runs split, on real CelebA and on the generated default. (That a changed image puts every
-stage that reads images out of date, and select not: tests/test_pipeline_e2e.py, on its repro.)"""
+"""The data are a dependency of split: ``dvc.lock`` holds the hash of ``data.root``, and a changed
+label or image re-runs split, on real CelebA and on the generated default; a replaced image changes
+split's manifest. (That it re-runs every stage that reads images: tests/test_mistakes.py.)"""
 
 import pandas as pd
 import pytest
@@ -67,14 +67,17 @@ def test_a_flipped_label_or_a_changed_image_reruns_split_and_what_follows(celeba
     assert [d["md5"] for d in new_lock["stages"]["split"]["deps"] if d["path"] == str(root)] != [dep["md5"]]
 
     # replacing one image (same name, other pixels) leaves the split lists as they were, yet split
-    # is out of date (as are train@ and evaluate, which read images too: the e2e project shows it)
+    # is out of date, and its manifest records the new hash
     victim = root / IMAGE_DIR / fields[0]
     victim.unlink()
     victim.symlink_to(CELEBA_SAMPLE / IMAGE_DIR / spare[0])
     assert f"modified:           {root}" in sh(["dvc", "status", "split"], project).stdout
     lists = {s: (project / "data" / "split" / f"{s}.csv").read_bytes() for s in ("train", "val", "test")}
+    hashes = pd.read_csv(project / "data" / "split" / "manifest.csv", dtype=str).set_index("image_id")["blake2b"]
     assert stages_run(sh(["dvc", "repro", "split"], project).stdout) == ["split"]
     assert {s: (project / "data" / "split" / f"{s}.csv").read_bytes() for s in lists} == lists
+    after = pd.read_csv(project / "data" / "split" / "manifest.csv", dtype=str).set_index("image_id")["blake2b"]
+    assert [i for i in hashes.index if hashes[i] != after[i]] == [fields[0]]  # what the later stages follow
     assert sh(["dvc", "status", "split"], project).stdout.strip() == UP_TO_DATE
 
     # adding one image (not listed yet) is a change to the data too

@@ -102,6 +102,7 @@ def test_cache_is_built_once_sized_as_estimated_and_keyed_by_image_bytes(make_pa
 
     image = detect_layout(params.dataset_root()).image_dir / train_ids.iloc[0]
     Image.new("RGB", (178, 218), (10, 20, 30)).save(image)  # same id, other pixels
+    split.split(params)  # as `dvc repro` does: data.root is the split stage's dep; the manifest hashes the images
     changed = frozen.ensure_cache(params.train_config(), model, torch.device("cpu"), log=lambda m: None)
     assert changed["dir"] != first["dir"] and changed["built"] == ["pool4", "pool5"]
 

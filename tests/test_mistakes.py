@@ -128,3 +128,22 @@ def test_a_mistake_fails_in_one_line_and_removes_nothing(done, tmp_path, case):
     shutil.copytree(done.parent / "celeba" / IMAGE_DIR, data / IMAGE_DIR)
     assert stages_run(sh(["dvc", "repro"], root).stdout) == []
     assert outputs(root) == before
+
+
+def test_a_replaced_image_reruns_split_and_every_stage_that_reads_images(done, tmp_path):
+    """Not a mistake: new pixels under an old name. Only split depends on the data folder, and its
+    manifest carries each image's hash, so the change reaches train, select and evaluate."""
+    root = copy_project(done, tmp_path / "project")
+    data = tmp_path / "celeba"
+    shutil.copytree(done.parent / "celeba", data)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["data"]["root"] = str(data)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    sh("dvc commit -f -q && git add -A && git commit -qm 'own data folder'", root)
+    lists = {p.name: p.read_bytes() for p in (root / "data" / "split").glob("*.csv") if p.name != "manifest.csv"}
+    victim, other = sorted((data / IMAGE_DIR).glob("*.jpg"))[:2]
+    victim.unlink()
+    victim.write_bytes(other.read_bytes())
+    assert stages_run(sh(["dvc", "repro"], root).stdout) == ["split", f"train@{VARIANT}", "select", "evaluate"]
+    assert {p.name: p.read_bytes() for p in (root / "data" / "split").glob("*.csv") if p.name != "manifest.csv"} \
+        == lists  # the same lists: the manifest's hash of that image is what changed

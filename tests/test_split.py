@@ -44,7 +44,13 @@ def test_split_stage_on_the_generated_default(make_params):
     generated = generate_from_params(params)
     summary = split(params)
     out = params.path("split.dir")
-    assert sorted(p.name for p in out.iterdir()) == ["split.json", "test.csv", "train.csv", "val.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "split.json", "test.csv", "test_attributes.csv", "train.csv",
+                                                      "val.csv"]
+    attributes = pd.read_csv(out / "test_attributes.csv", dtype={"image_id": str})
+    test_ids = pd.read_csv(out / "test.csv", dtype={"image_id": str})["image_id"]
+    assert attributes["image_id"].tolist() == test_ids.tolist()  # the test images, in the split's order
+    assert len(attributes.columns) == 1 + 39 and "Male" not in attributes  # every attribute but the label
+    assert set(attributes.drop(columns="image_id").to_numpy().ravel()) <= {-1, 1}
     train = pd.read_csv(out / "train.csv")
     assert list(train.columns) == ["image_id", "label"] and len(train) == 160
     assert summary["train"]["male"] + summary["val"]["male"] + summary["test"]["male"] == generated["images"] - (

@@ -1,0 +1,85 @@
+"""The split stage checks and hashes every image once (pipeline/manifest.py); a later stage trusts
+it with one stat per image, hashes only what was modified since, and names a file that changed."""
+import os
+
+import pytest
+
+from helpers.config import write_params
+from pipeline import manifest, synthetic
+from pipeline.celeba import IMAGE_DIR
+from pipeline.cli import PipelineError
+from pipeline.config import load_params
+from pipeline.data import read_split
+from pipeline.split import split
+
+
+@pytest.fixture
+def params(tmp_path):
+    root = tmp_path / "celeba"
+    synthetic.generate(root, 40, 0.0, seed=0)
+    (tmp_path / "project").mkdir()
+    p = load_params(write_params(tmp_path / "project", {"data.source": "celeba", "data.root": str(root)}))
+    split(p)
+    return p
+
+
+def check(params, name="val"):
+    said = []
+    rows = manifest.verify(params.dataset_root(), read_split(params.path("split.dir"), name),
+                           params.path("split.dir"), params.shared_path("train.feature_cache"), said.append)
+    return rows, said
+
+
+def test_the_manifest_lists_every_image_with_its_split_size_and_hash(params):
+    table = manifest.load(params.path("split.dir"))
+    assert len(table) == 40 and sorted(table["split"].unique()) == ["test", "train", "val"]
+    for name in ("train", "val", "test"):
+        frame = read_split(params.path("split.dir"), name)
+        assert table[table["split"] == name].index.tolist() == frame["image_id"].tolist()
+    first = params.dataset_root() / IMAGE_DIR / table.index[0]
+    assert table["size"].iloc[0] == first.stat().st_size and len(table["blake2b"].iloc[0]) == 32
+
+
+def test_unchanged_images_cost_a_stat_and_a_touched_one_a_hash(params):
+    rows, said = check(params)
+    assert said == [] and len(rows) == 4  # split remembered every file as it saw it
+    image = params.dataset_root() / IMAGE_DIR / rows.index[0]
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # touched, same bytes
+    assert check(params)[1] == ["data: hashing 1 of 4 images again (modified since the split stage saw them)"]
+    assert check(params)[1] == []  # and remembered
+
+
+def test_an_image_that_changed_since_the_split_is_one_line(params):
+    rows, _ = check(params)
+    path = params.dataset_root() / IMAGE_DIR / rows.index[0]
+    good = path.read_bytes()
+    same_size = bytearray(good)
+    same_size[-10] ^= 0xFF  # other pixels, same size
+    for bad, message in ((bytes(same_size), "other bytes than the split stage checked \\(changed since the split "
+                                            "stage ran; run dvc repro\\)"),
+                         (good[:300], "file is truncated"), (None, "listed in .*val\\.csv but not found")):
+        path.unlink()
+        if bad is not None:
+            path.write_bytes(bad)
+        with pytest.raises(PipelineError, match=rf"{rows.index[0]}: {message}"):
+            check(params)
+        path.unlink(missing_ok=True)
+        path.write_bytes(good)
+    check(params)  # the same bytes again: fine
+
+
+def test_the_images_digest_follows_their_content_not_their_names_alone(params):
+    table = manifest.load(params.path("split.dir"))
+    frames = {name: read_split(params.path("split.dir"), name) for name in ("train", "val")}
+    before = manifest.digest(table, frames)
+    assert manifest.digest(table, frames) == before
+    changed = table.copy()
+    changed.iloc[0, changed.columns.get_loc("blake2b")] = "0" * 32
+    assert manifest.digest(changed, frames) != before
+    assert manifest.digest(table, {"val": frames["val"], "train": frames["train"]}) != before  # order counts
+
+
+def test_a_split_without_a_manifest_is_a_clear_error(params):
+    (params.path("split.dir") / manifest.MANIFEST).unlink()
+    with pytest.raises(PipelineError, match=r"manifest.csv: not found \(run the split stage again\)"):
+        check(params)
