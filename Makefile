@@ -8,7 +8,7 @@
 # make mlflow-ui - browse runs of the local SQLite store at http://127.0.0.1:5000
 # make mlflow-server - a tracking server on 127.0.0.1:5000 over the same store, for parallel runs:
 #                 export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (HOST=0.0.0.0 to serve a team)
-#                 AUTH=1: logins required (MLflow's basic-auth app, mlflow-auth.ini; README "Logins")
+#                 AUTH=1: logins required (MLflow's basic-auth app, mlflow-auth.ini; docs/team.md "Logins")
 # make celeba-sample - the whole pipeline on ../shared/celeba-sample (real CelebA) as DVC experiment
 #                  `celeba-sample`, in a temporary copy: params.yaml, dvc.lock, workspace untouched
 # make push    - dvc push to the default DVC remote, after dvc repro + git commit (one-line errors)
@@ -47,22 +47,22 @@ test-fast: setup
 	$(PYTEST) -m "not slow"
 
 bench: setup
-	python -m pipeline.bench
+	python -m pipeline bench
 
 bench-scale: setup
-	python -m pipeline.scale
+	python -m pipeline scale
 
 mlflow-ui: setup
-	@echo "the experiment's runs: http://127.0.0.1:5000$$(python -m pipeline.tracking --what runs-page)"
-	mlflow ui --backend-store-uri "$$(python -m pipeline.tracking --what store)" --host 127.0.0.1 --port 5000
+	@echo "the experiment's runs: http://127.0.0.1:5000$$(python -m pipeline store --what runs-page)"
+	mlflow ui --backend-store-uri "$$(python -m pipeline store --what store)" --host 127.0.0.1 --port 5000
 
 HOST ?= 127.0.0.1
 PORT ?= 5000
 AUTH ?=
 mlflow-server: setup
 	$(if $(AUTH),MLFLOW_AUTH_CONFIG_PATH="$(CURDIR)/mlflow-auth.ini") \
-	mlflow server $(if $(AUTH),--app-name basic-auth) --backend-store-uri "$$(python -m pipeline.tracking --what store)" \
-		--artifacts-destination "$$(python -m pipeline.tracking --what artifacts)" --host $(HOST) --port $(PORT)
+	mlflow server $(if $(AUTH),--app-name basic-auth) --backend-store-uri "$$(python -m pipeline store --what store)" \
+		--artifacts-destination "$$(python -m pipeline store --what artifacts)" --host $(HOST) --port $(PORT)
 
 # The real-data check. `dvc exp run --temp` runs the pipeline of this working tree (uncommitted
 # changes included) in .dvc/tmp/exps/ with the -S overrides applied there, and keeps the result
@@ -77,25 +77,25 @@ CELEBA_SAMPLE ?= ../shared/celeba-sample
 CELEBA_SAMPLE_ARGS ?=
 celeba-sample: setup
 	@test -d "$(CELEBA_SAMPLE)" || { echo "error: $(CELEBA_SAMPLE): CelebA folder not found (make celeba-sample CELEBA_SAMPLE=/path/to/it)" >&2; exit 1; }
-	uri="$$(python -m pipeline.tracking)" && MLFLOW_TRACKING_URI="$$uri" \
+	uri="$$(python -m pipeline store)" && MLFLOW_TRACKING_URI="$$uri" \
 	dvc exp run --temp --force --name celeba-sample \
 	    -S data.source=celeba -S 'data.root=$(abspath $(CELEBA_SAMPLE))' -S split.group_by=identity \
 	    -S base.mlflow.experiment=celeba-sample -S base.mlflow.registered_model=celeba-gender-vgg16-sample \
 	    -S 'base.mlflow.artifact_root=$(CURDIR)/mlartifacts' $(CELEBA_SAMPLE_ARGS)
 	dvc exp show --md --drop '.*' --keep 'Experiment|.*best_val_acc|accuracy|split.group_by|data.root'
 
-# Sharing outputs through the DVC remote (README: "Sharing results: a DVC remote"). pipeline.remote
+# Sharing outputs through the DVC remote (docs/team.md). pipeline/tools/remote.py
 # checks the remote first and turns DVC's multi-line failures into one line.
 push: setup
-	python -m pipeline.remote push
+	python -m pipeline remote push
 
 pull: setup
-	python -m pipeline.remote pull
+	python -m pipeline remote pull
 
 # Generated pipeline outputs only (paths from params.yaml); the MLflow store (mlflow.db, mlartifacts/)
 # keeps its history, and a CelebA folder under data/ (data.root) is never touched.
 CLEAN_KEYS := data.synthetic.dir split.dir train.feature_cache train.models_dir
 clean:
-	$(BIN)/python -c "import sys; from pipeline.config import load_params; p = load_params(); \
+	$(BIN)/python -c "import sys; from pipeline.core.config import load_params; p = load_params(); \
 	print('\n'.join(str(p.path(k)) for k in sys.argv[1:]))" $(CLEAN_KEYS) | xargs -d '\n' rm -rf
 	rm -rf dvc_plots

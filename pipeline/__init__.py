@@ -1,8 +1,8 @@
 """Experiment-tracked VGG-16 transfer learning for CelebA gender classification.
 
-One module per DVC stage (``split``, ``train``, ``select``, ``evaluate``) plus shared
-modules (``config``, ``data``, ``synthetic``, ``model``, ``engine``, ``tracking``,
-``serving``). Every stage reads ``params.yaml`` through :mod:`pipeline.config`.
+Packages by concern, importing one way (docs/design.md): ``core`` (params, errors, files, kernels,
+stage deps), ``data``, ``training`` and ``evaluation``, ``tracking`` (MLflow), ``stages`` (one
+module per DVC stage), ``tools``; ``python -m pipeline <stage|tool>`` runs them.
 """
 
 import os as _os

@@ -1,38 +1,50 @@
-"""``python -m pipeline <stage> [options]``: how dvc.yaml runs every stage.
+"""``python -m pipeline <command> [options]``: how dvc.yaml runs every stage, and the tools.
 
     python -m pipeline generate | split | select | evaluate [--params params.yaml]
     python -m pipeline train --variant head_only-lr1e-3 [--params params.yaml]
+    python -m pipeline predict | bench | devcheck | scale | remote | store [options]
 
 The stages that talk to MLflow and run the network (train, select, evaluate) get the fast
-preflight first (:func:`pipeline.store.preflight`: the params file, the tracking server and its
-login), before torch, torchvision or MLflow is imported, so a bad file, a dead server or a refused
-login fails in well under a second; then the kernels they compute with (:mod:`pipeline.numerics`,
-``train.reproducible``). Then the stage module's ``main``. The order lives here, once, and each
-stage module reads top to bottom: docstring, imports, code.
+preflight first (:func:`pipeline.core.store.preflight`: the params file, the tracking server
+and its login), before torch, torchvision or MLflow is imported, so a bad file, a dead server or a
+refused login fails in well under a second; then the kernels they compute with
+(:mod:`pipeline.core.numerics`, ``train.reproducible``). Then the command's module's ``main``. The
+order lives here, once, and each stage module reads top to bottom: docstring, imports, code.
 """
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-from pipeline import numerics
-from pipeline.cli import run_main
-from pipeline.store import preflight
+from pipeline.core import numerics
+from pipeline.core.cli import run_main
 
-STAGES = {"generate": "synthetic", "split": "split", "train": "train", "select": "select", "evaluate": "evaluate"}
+STAGES = {name: f"pipeline.stages.{name}" for name in ("generate", "split", "train", "select", "evaluate")}
+TOOLS = {"predict": "pipeline.tools.predict", "bench": "pipeline.tools.bench", "devcheck": "pipeline.tools.devcheck",
+         "scale": "pipeline.tools.scale", "remote": "pipeline.tools.remote", "store": "pipeline.tracking.runs"}
+COMMANDS = {**STAGES, **TOOLS}
 TRACKED = ("train", "select", "evaluate")  # the stages that talk to MLflow and run torch: preflight first
+QUIET = {"MLFLOW_LOGGING_LEVEL": "WARNING",  # no database set-up INFO lines
+         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # no "Downloading artifacts" bars in stage logs
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in STAGES:
+    if not argv or argv[0] not in COMMANDS:
         got = f" (got {argv[0]!r})" if argv else ""
-        print(f"error: usage: python -m pipeline {{{','.join(STAGES)}}} [options]{got}", file=sys.stderr)
+        print(f"error: usage: python -m pipeline {{{','.join(COMMANDS)}}} [options]{got}", file=sys.stderr)
         sys.exit(2)
-    stage, options = argv[0], argv[1:]
-    if stage in TRACKED:
+    command, options = argv[0], argv[1:]
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    if command in TRACKED:
+        from pipeline.core.store import (
+            preflight,  # here: split and generate need no MLflow code
+        )
+
         numerics.configure(preflight(options).get("train.reproducible"))
-    sys.argv[0] = f"python -m pipeline {stage}"  # argparse's prog in the stage's usage line
-    module = importlib.import_module(f"pipeline.{STAGES[stage]}")
+    sys.argv[0] = f"python -m pipeline {command}"  # argparse's prog in the command's usage line
+    module = importlib.import_module(COMMANDS[command])
     run_main(lambda: module.main(options))
 
 

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import numerics
+from pipeline.core import numerics
 
 # The stages' kernels (train.reproducible: true) in the tests' own process too, so that a test
 # that trains in-process sees the numbers of `python -m pipeline` on any x86-64 CI machine.
 numerics.configure(True)
 
 from helpers.config import CELEBA_SAMPLE, in_ci, write_params  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
+
+from pipeline.core.config import load_params  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

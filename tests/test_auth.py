@@ -1,4 +1,4 @@
-"""The preflight's login check (``pipeline.store.check_reachable``) against a tiny server that wants
+"""The preflight's login check (``pipeline.core.store.check_reachable``) against a tiny server that wants
 a login, like MLflow's basic-auth app: a missing login, a refused one and the right one. The real
 team server with logins (``mlflow server --app-name basic-auth``, PostgreSQL store) runs in
 tests/test_postgres.py."""
@@ -35,8 +35,8 @@ def fake_server():
 
 
 def test_preflight_tells_a_missing_or_refused_login(fake_server, monkeypatch):
-    from pipeline.cli import PipelineError
-    from pipeline.store import check_reachable
+    from pipeline.core.cli import PipelineError
+    from pipeline.core.store import check_reachable
 
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)

@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.config import REPO, set_dotted, write_params
 from PIL import Image
 
-from helpers.config import REPO, set_dotted, write_params
-from pipeline import synthetic
-from pipeline.cli import PipelineError, run_main
-from pipeline.config import load_params
-from pipeline.celeba import ATTR_FILE, IMAGE_DIR, read_attributes
-from pipeline.data import FaceDataset, make_loader, read_split
-from pipeline.images import check_images
-from pipeline.split import split
+from pipeline.core.cli import PipelineError, run_main
+from pipeline.core.config import load_params
+from pipeline.data import synthetic
+from pipeline.data.celeba import ATTR_FILE, IMAGE_DIR, read_attributes
+from pipeline.data.dataset import FaceDataset, make_loader, read_split
+from pipeline.data.images import check_images
+from pipeline.stages.split import split
 
 N_IMAGES = 40  # 24 male, 16 female with seed 0
 VARIANT = "head_only-lr1e-3"

@@ -3,13 +3,13 @@ import json
 
 import pandas as pd
 import pytest
-
 from helpers.config import CELEBA_SAMPLE
-from pipeline.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
-from pipeline.evaluate import evaluate
-from pipeline.select import select
-from pipeline.split import split
-from pipeline.train import train
+
+from pipeline.data.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
+from pipeline.stages.evaluate import evaluate
+from pipeline.stages.select import select
+from pipeline.stages.split import split
+from pipeline.stages.train import train
 
 pytestmark = [
     pytest.mark.slow,

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.cli import PipelineError
-from pipeline.compare import aligned, correct, mcnemar, wilson
+from pipeline.core.cli import PipelineError
+from pipeline.evaluation.compare import aligned, correct, mcnemar, wilson
 
 
 def wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

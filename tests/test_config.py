@@ -3,9 +3,8 @@ import os
 
 import pytest
 
-from pipeline.cli import PipelineError
-from pipeline.config import load_params
-from pipeline.tracking import tracking_uri
+from pipeline.core.cli import PipelineError
+from pipeline.core.config import load_params, tracking_uri
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -72,8 +71,8 @@ def test_the_train_config_is_read_once_typed_and_resolved(make_params, tmp_path,
     assert params.train_config().feature_cache == tmp_path / "repo" / "data" / "features"
 
 def test_stage_cli_prints_one_line_and_exits_1(make_params, tmp_path, capsys):
-    from pipeline.cli import run_main
-    from pipeline.split import main
+    from pipeline.core.cli import run_main
+    from pipeline.stages.split import main
 
     path = tmp_path / "bad.yaml"
     path.write_text("data: [1, 2\n")
@@ -98,10 +97,11 @@ def test_a_queued_experiment_resolves_shared_state_against_the_original_repo(mak
 
 def test_setting_up_one_store_does_not_leak_into_the_next(make_params, tmp_path):
     """MLflow 3's set_tracking_uri writes MLFLOW_TRACKING_URI; setup must not let it win later."""
-    from pipeline import tracking
+    from pipeline.core import config
+    from pipeline.tracking import runs
 
     first = make_params(folder=tmp_path / "a")
     second = make_params(folder=tmp_path / "b")
-    tracking.setup(first.mlflow_config())
+    runs.setup(first.mlflow_config())
     assert "MLFLOW_TRACKING_URI" not in os.environ
-    assert tracking.tracking_uri(second) == f"sqlite:///{tmp_path}/b/mlflow.db"
+    assert config.tracking_uri(second) == f"sqlite:///{tmp_path}/b/mlflow.db"

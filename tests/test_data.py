@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cli import PipelineError
-from pipeline.data import FaceDataset, epoch_flips
-from pipeline.celeba import read_attributes, read_identities
-from pipeline.synthetic import ATTRIBUTES
+from pipeline.core.cli import PipelineError
+from pipeline.data.celeba import read_attributes, read_identities
+from pipeline.data.dataset import FaceDataset, epoch_flips
+from pipeline.data.synthetic import ATTRIBUTES
 
 
 def write_celeba(root: Path, males: list[int], header=ATTRIBUTES, size=(178, 218)):
@@ -104,8 +104,15 @@ def test_dataset_resizes_normalises_and_flips_by_epoch(tmp_path):
 
 from helpers.celeba_layouts import KAGGLE_EXTRAS, attr_rows, kaggle_from, official_from  # noqa: E402
 from helpers.config import CELEBA_SAMPLE  # noqa: E402
-from pipeline.celeba import ATTR_CSV, KAGGLE, OFFICIAL, detect_layout, identities_of  # noqa: E402
-from pipeline.images import check_images  # noqa: E402
+
+from pipeline.data.celeba import (  # noqa: E402
+    ATTR_CSV,
+    KAGGLE,
+    OFFICIAL,
+    detect_layout,
+    identities_of,
+)
+from pipeline.data.images import check_images  # noqa: E402
 
 needs_sample = pytest.mark.needs(CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}")
 

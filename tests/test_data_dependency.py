@@ -5,10 +5,10 @@ split's manifest. (That it re-runs every stage that reads images: tests/test_mis
 import pandas as pd
 import pytest
 import yaml
-
 from helpers.config import CELEBA_SAMPLE
-from pipeline.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
 from helpers.projects import UP_TO_DATE, changed_stages, new_project, sh, stages_run
+
+from pipeline.data.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
 
 pytestmark = pytest.mark.slow
 N = 120

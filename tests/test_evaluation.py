@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import card, scores, slices
-from pipeline.compare import wilson
+from pipeline.evaluation import card, scores, slices
+from pipeline.evaluation.compare import wilson
 
 
 def test_ece_is_guo_et_al_s_with_the_predicted_class_confidence():
@@ -107,11 +107,11 @@ def test_the_model_card_has_mitchell_et_al_s_sections_and_the_numbers():
 
 
 def test_an_attribute_file_with_only_male_gives_no_slices_and_says_so(make_params, tmp_path):
-    from pipeline import synthetic
-    from pipeline.celeba import ATTR_FILE
-    from pipeline.data import read_split
-    from pipeline.evaluate import short_metrics, slice_report
-    from pipeline.split import split
+    from pipeline.data import synthetic
+    from pipeline.data.celeba import ATTR_FILE
+    from pipeline.data.dataset import read_split
+    from pipeline.stages.evaluate import short_metrics, slice_report
+    from pipeline.stages.split import split
 
     root = tmp_path / "celeba"
     synthetic.generate(root, 40, 0.0, seed=0)

@@ -6,7 +6,6 @@ import sys
 import time
 
 import pytest
-
 from helpers.config import REPO, write_params
 from helpers.projects import env, free_port
 
@@ -56,5 +55,5 @@ def test_an_unknown_stage_gets_the_usage_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline", "trian"], cwd=tmp_path, env=env(PYTHONPATH=str(REPO)),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == ("error: usage: python -m pipeline {generate,split,train,select,evaluate} [options] "
-                           "(got 'trian')\n")
+    assert proc.stderr == ("error: usage: python -m pipeline {generate,split,train,select,evaluate,predict,bench,"
+                           "devcheck,scale,remote,store} [options] (got 'trian')\n")

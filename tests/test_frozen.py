@@ -9,12 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import frozen, split, stages, train
-from pipeline.cli import PipelineError
-from pipeline.data import Preset, read_split
-from pipeline.celeba import detect_layout
-from pipeline.model import LAST_BLOCK, build_model, set_strategy
-from pipeline.synthetic import generate_from_params
+from pipeline.core import deps
+from pipeline.core.cli import PipelineError
+from pipeline.data.celeba import detect_layout
+from pipeline.data.dataset import Preset, read_split
+from pipeline.data.synthetic import generate_from_params
+from pipeline.stages import split, train
+from pipeline.training import features, prefix
+from pipeline.training.model import LAST_BLOCK, FoldedFC6, build_model, set_strategy
 
 VARIANTS = {"head": {"strategy": "head_only", "lr": 0.001}, "block": {"strategy": "last_block", "lr": 0.0001}}
 
@@ -26,20 +28,20 @@ def test_folded_fc6_equals_avgpool_then_fc6(size):
     z = torch.relu(torch.randn(4, 512, s, s))
     with torch.no_grad():
         plain = model.classifier[0](torch.flatten(model.avgpool(z), 1))
-        folded = frozen.FoldedFC6(model.avgpool, model.classifier[0], s)(z)
+        folded = FoldedFC6(model.avgpool, model.classifier[0], s)(z)
     assert folded.shape == plain.shape == (4, 4096)
     assert torch.allclose(folded, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
 
 
-@pytest.mark.parametrize("layer", frozen.LAYERS)
+@pytest.mark.parametrize("layer", prefix.LAYERS)
 def test_tail_on_cached_layer_equals_whole_network(layer):
     model = build_model("none", seed=5).eval()
     set_strategy(model, "last_block" if layer == "pool4" else "head_only")
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
-        z = frozen._forward_layers(model, x, [layer])[layer]
-        assert tuple(z.shape[1:]) == frozen.layer_shape(layer, 64)
-        out = frozen.Tail(model, layer, 64).eval()(z)
+        z = prefix.forward_layers(model, x, [layer])[layer]
+        assert tuple(z.shape[1:]) == prefix.layer_shape(layer, 64)
+        out = prefix.Tail(model, layer, 64).eval()(z)
         ref = model(x)
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
 
@@ -79,7 +81,7 @@ def test_cache_is_built_once_sized_as_estimated_and_keyed_by_image_bytes(make_pa
     generate_from_params(params)
     split.split(params)
     model = build_model("none", seed=42)
-    first = frozen.ensure_cache(params.train_config(), model, torch.device("cpu"), log=lambda m: None)
+    first = features.ensure_cache(params.train_config(), model, torch.device("cpu"), log=lambda m: None)
     assert first["built"] == ["pool4", "pool5"] and first["layers"] == ["pool4", "pool5"]
     files = sorted(first["dir"].glob("*.npy"))
     assert [f.name for f in files] == ["pool4.train.npy", "pool4.val.npy", "pool5.train.npy", "pool5.val.npy"]
@@ -89,21 +91,21 @@ def test_cache_is_built_once_sized_as_estimated_and_keyed_by_image_bytes(make_pa
     train_ids = read_split(params.path("split.dir"), "train")["image_id"]
     pool4 = np.load(first["dir"] / "pool4.train.npy", mmap_mode="r")
     assert pool4.shape == (2, len(train_ids), 512, 2, 2)
-    from pipeline.data import FaceDataset
+    from pipeline.data.dataset import FaceDataset
 
     ds = FaceDataset(params.dataset_root(), read_split(params.path("split.dir"), "train"), 32)
     ds.flips[:] = True  # orientation 1 of a sample is the flipped image
     with torch.no_grad():
-        ref = frozen._forward_layers(model.eval(), ds[3][0].unsqueeze(0), ["pool4"])["pool4"][0]
+        ref = prefix.forward_layers(model.eval(), ds[3][0].unsqueeze(0), ["pool4"])["pool4"][0]
     assert torch.allclose(torch.from_numpy(np.array(pool4[1, 3])), ref, atol=1e-5)
 
-    again = frozen.ensure_cache(params.train_config(), model, torch.device("cpu"), log=lambda m: None)
+    again = features.ensure_cache(params.train_config(), model, torch.device("cpu"), log=lambda m: None)
     assert again["built"] == [] and again["dir"] == first["dir"]
 
     image = detect_layout(params.dataset_root()).image_dir / train_ids.iloc[0]
     Image.new("RGB", (178, 218), (10, 20, 30)).save(image)  # same id, other pixels
     split.split(params)  # as `dvc repro` does: data.root is the split stage's dep; the manifest hashes the images
-    changed = frozen.ensure_cache(params.train_config(), model, torch.device("cpu"), log=lambda m: None)
+    changed = features.ensure_cache(params.train_config(), model, torch.device("cpu"), log=lambda m: None)
     assert changed["dir"] != first["dir"] and changed["built"] == ["pool4", "pool5"]
 
 
@@ -111,9 +113,9 @@ def test_cache_that_does_not_fit_fails_before_writing(make_params, monkeypatch):
     params = make_params({"train.variants": VARIANTS})
     generate_from_params(params)
     split.split(params)
-    monkeypatch.setattr(frozen.shutil, "disk_usage", lambda p: type("U", (), {"free": 1024})())
+    monkeypatch.setattr(features.shutil, "disk_usage", lambda p: type("U", (), {"free": 1024})())
     with pytest.raises(PipelineError, match=r"train.feature_cache: .* needs .* GB, only .* free"):
-        frozen.ensure_cache(params.train_config(), build_model("none", seed=42), torch.device("cpu"), log=lambda m: None)
+        features.ensure_cache(params.train_config(), build_model("none", seed=42), torch.device("cpu"), log=lambda m: None)
     assert not list(params.path("train.feature_cache").glob("*/*.npy"))
 
 
@@ -135,11 +137,11 @@ def test_bf16_autocast_runs_and_is_logged(make_params):
 
 def _key(params, device: str = "cpu") -> str:
     frames = {s: read_split(params.path("split.dir"), s) for s in ("train", "val")}
-    return frozen.cache_key(params.train_config(), frames, torch.device(device))[0]
+    return features.cache_key(params.train_config(), frames, torch.device(device))[0]
 
 
 KEY_INPUTS = ["weights-file-bytes", "image-size", "amp", "device-type", "torch-version",
-              *(f"code-{path.name}" for path in stages.code_files("train"))]
+              *(f"code-{path.relative_to(deps.PACKAGE)}" for path in deps.code_files("train"))]
 
 
 @pytest.mark.parametrize("change", KEY_INPUTS)
@@ -169,12 +171,12 @@ def test_cache_key_changes_with_each_input_it_covers(change, make_params, tmp_pa
     else:  # a copy of the package and dvc.yaml with one of the train stage's code files edited
         name = change.removeprefix("code-")
         project = tmp_path / "project"
-        shutil.copytree(stages.PACKAGE, project / stages.PACKAGE.name)
-        shutil.copy(stages.DVC_YAML, project / "dvc.yaml")
-        with open(project / stages.PACKAGE.name / name, "a") as f:
+        shutil.copytree(deps.PACKAGE, project / deps.PACKAGE.name)
+        shutil.copy(deps.DVC_YAML, project / "dvc.yaml")
+        with open(project / deps.PACKAGE.name / name, "a") as f:
             f.write("\n# edited\n")
-        monkeypatch.setattr(stages, "PACKAGE", project / stages.PACKAGE.name)
-        monkeypatch.setattr(stages, "DVC_YAML", project / "dvc.yaml")
+        monkeypatch.setattr(deps, "PACKAGE", project / deps.PACKAGE.name)
+        monkeypatch.setattr(deps, "DVC_YAML", project / "dvc.yaml")
     assert _key(params, device) != before, change
 
 
@@ -192,16 +194,16 @@ def test_frozen_dropout_makes_training_passes_differ_only_when_on(frozen_dropout
     """head_only: everything before the head is frozen and the only random layers are the
     dropouts after fc6 and fc7. In training mode two passes of one batch differ with
     frozen_dropout on, and are equal with it off; in eval mode they are always equal."""
-    from pipeline.engine import set_train_mode
+    from pipeline.training.engine import set_train_mode
 
     model = copy.deepcopy(vgg)
     set_strategy(model, "head_only")
     x = torch.randn(4, 3, 32, 32)
     net, inputs = model, x
     if reuse:
-        net = frozen.Tail(model, "pool5", 32)
+        net = prefix.Tail(model, "pool5", 32)
         with torch.no_grad():
-            inputs = frozen._forward_layers(model.eval(), x, ["pool5"])["pool5"]
+            inputs = prefix.forward_layers(model.eval(), x, ["pool5"])["pool5"]
     dropouts = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts == [model.classifier[2], model.classifier[5]]  # after fc6 and fc7, both frozen
     set_train_mode(net, frozen_dropout)
@@ -217,9 +219,8 @@ def test_frozen_dropout_makes_training_passes_differ_only_when_on(frozen_dropout
 
 @pytest.mark.parametrize("strategy", ["head_only", "last_block"])
 def test_an_epoch_changes_the_trainable_weights_and_no_frozen_one(strategy, vgg):
+    from helpers.loops import train_one_epoch
     from torch.utils.data import DataLoader, TensorDataset
-
-    from pipeline.engine import train_one_epoch
 
     model = copy.deepcopy(vgg)
     set_strategy(model, strategy)

@@ -8,10 +8,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipeline import compare, select, split, train
-from pipeline.data import THRESHOLD
-from pipeline.synthetic import generate_from_params
-from pipeline.tracking import VAL_PREDICTIONS
+from pipeline.data.dataset import THRESHOLD
+from pipeline.data.synthetic import generate_from_params
+from pipeline.evaluation import compare
+from pipeline.stages import select, split, train
+from pipeline.tracking.runs import VAL_PREDICTIONS
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers.projects import env, new_project, sh
 
 pytestmark = pytest.mark.slow

@@ -3,14 +3,14 @@ it with one stat per image, hashes only what was modified since, and names a fil
 import os
 
 import pytest
-
 from helpers.config import write_params
-from pipeline import manifest, synthetic
-from pipeline.celeba import IMAGE_DIR
-from pipeline.cli import PipelineError
-from pipeline.config import load_params
-from pipeline.data import read_split
-from pipeline.split import split
+
+from pipeline.core.cli import PipelineError
+from pipeline.core.config import load_params
+from pipeline.data import manifest, synthetic
+from pipeline.data.celeba import IMAGE_DIR
+from pipeline.data.dataset import read_split
+from pipeline.stages.split import split
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers.config import set_dotted
 from helpers.projects import copy_project, new_project, sh, stages_run
-from pipeline import synthetic
-from pipeline.celeba import ATTR_FILE, IMAGE_DIR
+
+from pipeline.data import synthetic
+from pipeline.data.celeba import ATTR_FILE, IMAGE_DIR
 
 pytestmark = pytest.mark.slow
 VARIANT = "head_only-lr1e-3"

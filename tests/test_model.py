@@ -3,9 +3,15 @@ import pytest
 import torch
 from torchvision.models import vgg16
 
-from pipeline.cli import PipelineError
-from pipeline.model import (build_model, imagenet_cache_file, load_checkpoint, model_from_checkpoint,
-                            save_checkpoint, set_strategy)
+from pipeline.core.cli import PipelineError
+from pipeline.training.model import (
+    build_model,
+    imagenet_cache_file,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    set_strategy,
+)
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers.config import REPO
+from helpers.projects import (
+    UP_TO_DATE,
+    changed_stages,
+    copy_project,
+    env,
+    free_port,
+    new_project,
+    sh,
+    stages_run,
+    stop_group,
+)
 from mlflow.tracking import MlflowClient
 
-from helpers.config import REPO
-from pipeline.celeba import IMAGE_DIR
-from pipeline.config import load_params
-from pipeline.data import CLASS_NAMES
-from helpers.projects import (UP_TO_DATE, changed_stages, copy_project, env, free_port, new_project, sh,
-                              stages_run, stop_group)
+from pipeline.core.config import load_params
+from pipeline.data.celeba import IMAGE_DIR
+from pipeline.data.dataset import CLASS_NAMES
 
 pytestmark = pytest.mark.slow
 # Two of the default's four variants, one per strategy: each scenario below needs two (one edited
@@ -44,7 +53,7 @@ def project(tmp_path_factory):
     its own copy (:func:`own_copy`), so each test passes alone and in any order."""
     root = new_project(tmp_path_factory.mktemp("project"), SHRUNK)
     proc = sh(["dvc", "repro"], root)
-    yield root, proc.stdout
+    yield root, proc.stdout + proc.stderr
 
 
 @pytest.fixture
@@ -60,6 +69,18 @@ def test_repro_runs_every_stage_once(project):
     grid = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["variants"]
     assert sorted((v["strategy"], v["lr"]) for v in grid.values()) == \
         [("head_only", 0.0001), ("head_only", 0.001), ("last_block", 0.0001), ("last_block", 0.001)]
+
+
+def test_the_log_is_the_stages_own_lines_one_per_epoch(project):
+    """A stage prints its own lines, not the libraries' (no schema hints, progress bars or database
+    INFO lines), and a training stage one line per epoch in the original experiment's format."""
+    _, out = project
+    assert [line for line in out.splitlines() if re.search(r"warning|INFO|Downloading|it/s", line, re.I)] == []
+    epochs = [line for line in out.splitlines() if line.startswith("Epoch ")]
+    assert len(epochs) == len(VARIANTS) * SHRUNK["train.epochs"], out
+    for line in epochs:
+        assert re.fullmatch(r"Epoch [12]/2 \| Train Loss \d\.\d{4}, Acc \d\.\d{4} \| Val Loss \d\.\d{4}, "
+                            r"Acc \d\.\d{4} \| \d+\.\d s", line), line
 
 
 def test_mlflow_holds_a_run_per_variant_with_every_epoch_and_artifacts(project):
@@ -180,7 +201,9 @@ def test_exp_show_has_params_and_metrics(project):
     selected = metrics["metrics/select.json"]["data"]
     assert set(selected["best_val_acc"]) == set(params)
     assert selected["selected"] == json.loads((root / "models" / "best.json").read_text())["variant"]
-    assert {"accuracy", "ci95", "roc_auc", "ece", "worst_slices"} <= set(metrics["metrics/evaluate.json"]["data"])
+    scores = metrics["metrics/evaluate.json"]["data"]
+    assert {"accuracy", "ci95", "roc_auc", "ece"} <= set(scores)
+    assert "worst_slices" not in scores  # no slice of 20 test images holds evaluate.min_slice (30)
 
 
 def test_second_repro_changes_nothing_and_one_lr_edit_reruns_narrowly(own_copy):
@@ -312,7 +335,7 @@ def remote_objects(remote: Path) -> set[str]:
 
 
 def predict(project: Path, images: list[Path]) -> str:
-    return sh([sys.executable, "-m", "pipeline.predict", "--json", "--model",
+    return sh([sys.executable, "-m", "pipeline", "predict", "--json", "--model",
                f"models/{REMOTE_VARIANT}/best.pt", *map(str, images)], project).stdout
 
 
@@ -324,7 +347,7 @@ def pushed(project, tmp_path_factory):
     remote.mkdir()
     sh(["dvc", "remote", "add", "-d", "store", str(remote)], first)
     sh("git add -A && git commit -qm 'repro'", first)
-    out = sh([sys.executable, "-m", "pipeline.remote", "push"], first).stdout
+    out = sh([sys.executable, "-m", "pipeline", "remote", "push"], first).stdout
     assert out.strip(), "push says what it did"
     return first, remote
 
@@ -335,7 +358,7 @@ def test_a_fresh_clone_pulls_everything_and_runs_nothing(pushed, tmp_path):
     sh(["git", "clone", "-q", str(first), str(clone)], tmp_path)
     assert not (clone / "models").exists() and not (clone / "data").exists()
     started = time.monotonic()
-    sh([sys.executable, "-m", "pipeline.remote", "pull"], clone)
+    sh([sys.executable, "-m", "pipeline", "remote", "pull"], clone)
     pulled = time.monotonic() - started
     assert sh(["dvc", "status"], clone).stdout.strip() == UP_TO_DATE
     assert stages_run(sh(["dvc", "repro"], clone).stdout) == []
@@ -367,7 +390,7 @@ def test_pull_from_a_remote_that_lacks_the_data_fails_in_one_line(pushed, tmp_pa
     empty = tmp_path / "empty-store"
     empty.mkdir()
     sh(["dvc", "remote", "modify", "--local", "store", "url", str(empty)], clone)
-    proc = sh([sys.executable, "-m", "pipeline.remote", "pull"], clone, check=False)
+    proc = sh([sys.executable, "-m", "pipeline", "remote", "pull"], clone, check=False)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: DVC remote 'store' ({empty}) lacks ") and proc.stderr.count("\n") == 1
     assert "nothing pulled" in proc.stderr
@@ -384,7 +407,7 @@ def test_an_unreachable_remote_fails_in_one_line(pushed, tmp_path, where):
     url = tmp_path / ("not-mounted" if where == "missing" else "a-file/store")
     sh(["dvc", "remote", "modify", "--local", "store", "url", str(url)], clone)
     for action in ("pull", "push"):
-        proc = sh([sys.executable, "-m", "pipeline.remote", action], clone, check=False)
+        proc = sh([sys.executable, "-m", "pipeline", "remote", action], clone, check=False)
         assert proc.returncode == 1 and proc.stdout == ""
         assert proc.stderr.count("\n") == 1 and str(url) in proc.stderr, proc.stderr
         assert proc.stderr.startswith(f"error: DVC remote 'store': {url} ")
@@ -397,7 +420,7 @@ def test_a_remote_dvc_cannot_reach_fails_in_one_line(pushed, tmp_path):
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(first), str(clone)], tmp_path)
     sh(["dvc", "remote", "modify", "--local", "store", "url", "s3://no-such-bucket/celeba"], clone)
-    proc = sh([sys.executable, "-m", "pipeline.remote", "pull"], clone, check=False)
+    proc = sh([sys.executable, "-m", "pipeline", "remote", "pull"], clone, check=False)
     assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("error: DVC remote 'store' (s3://no-such-bucket/celeba) is unreachable: ")
     assert "dvc.org/support" not in proc.stderr
@@ -490,7 +513,7 @@ def test_browser_mlflow_ui_lists_the_runs_and_dvc_plots_holds_the_charts(project
 
     with _mlflow_ui(root, tmp_path / "mlflow-ui.log") as base:
         # the experiment's page that `make mlflow-ui` prints: its runs table, not the GenAI overview
-        page = sh([sys.executable, "-m", "pipeline.tracking", "--what", "runs-page"], root).stdout.strip()
+        page = sh([sys.executable, "-m", "pipeline", "store", "--what", "runs-page"], root).stdout.strip()
         assert page == f"/#/experiments/{exp_id}?workflowType=machine_learning"
         dom = _browse(base + page, tmp_path / "mlflow_experiment.png", tmp_path, lambda d: all(r in d for r in trained))
         assert all(f"#/experiments/{exp_id}/runs/{r}" in dom for r in trained) and "matching runs" in dom

@@ -23,9 +23,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from helpers.config import REPO
-from helpers.projects import env, new_project, sh, stages_run, start_mlflow_server, stop_group, wait_for_queue
+from helpers.projects import (
+    env,
+    new_project,
+    sh,
+    stages_run,
+    start_mlflow_server,
+    stop_group,
+    wait_for_queue,
+)
 
 POSTGRES_URI = os.environ.get("MLFLOW_TEST_POSTGRES_URI", "")
 pytestmark = [
@@ -130,10 +137,10 @@ def test_two_machines_share_one_server_and_a_third_folder_loads_the_champion(tmp
     import psycopg2
     from mlflow.tracking import MlflowClient
 
-    from pipeline.config import load_params
-    from pipeline.celeba import detect_layout
-    from pipeline.predict import predict_batches
-    from pipeline.serving import GenderClassifier
+    from pipeline.core.config import load_params
+    from pipeline.data.celeba import detect_layout
+    from pipeline.tools.predict import predict_batches
+    from pipeline.tracking.served_model import GenderClassifier
 
     shared = tmp_path / "shared-artifacts"
     log = tmp_path / "server.log"

@@ -1,4 +1,4 @@
-"""``python -m pipeline.predict``: the registry's champion (or a checkpoint) on image files."""
+"""``python -m pipeline predict``: the registry's champion (or a checkpoint) on image files."""
 import io
 import json
 from pathlib import Path
@@ -8,15 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.champion_project import VARIANT, build, make_faces, preprocess, run_predict
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 from mlflow.types import DataType
 from PIL import Image
 
-from helpers.champion_project import VARIANT, build, make_faces, preprocess, run_predict
-from pipeline import tracking
-from pipeline.cli import PipelineError
-from pipeline.predict import expand, load_classifier
+from pipeline.core import config
+from pipeline.core.cli import PipelineError
+from pipeline.tools.predict import expand, load_classifier
+from pipeline.tracking import runs
 
 SIZE = 32  # helpers.config.TINY's data.image_size
 ROUNDING = 5e-5 + 1e-6  # the text output has 4 decimals
@@ -32,7 +33,7 @@ def project(tmp_path_factory):
 def champion(project):
     """``(uri, pyfunc model)``: the registry's champion as MLflow itself loads it."""
     uri = f"models:/{project.get('base.mlflow.registered_model')}@{project.get('select.alias')}"
-    tracking.use_store(tracking.store_uri(project))  # the project's own store, whatever the environment holds
+    runs.use_store(config.store_uri(project))  # the project's own store, whatever the environment holds
     return uri, mlflow.pyfunc.load_model(uri)
 
 
@@ -51,10 +52,10 @@ def pyfunc_p_male(champion, images) -> np.ndarray:
 
 def test_registered_model_is_the_whole_network_and_takes_raw_images(project, champion, faces):
     uri, pyfunc = champion
-    tracking.use_store(tracking.store_uri(project))  # a test of another module may have moved MLflow
+    runs.use_store(config.store_uri(project))  # a test of another module may have moved MLflow
     info = mlflow.models.get_model_info(uri)
     assert info.name == "champion" and info.model_uri.startswith("models:/m-")  # logged by select
-    client = MlflowClient(tracking.store_uri(project))
+    client = MlflowClient(config.store_uri(project))
     version = client.get_model_version_by_alias(project.get("base.mlflow.registered_model"), "champion")
     assert version.source == info.model_uri  # the version registered from that logged model
     sig = info.signature
@@ -116,7 +117,7 @@ def test_mlflow_evaluate_runs_on_the_champion_as_a_classifier(project, champion,
     _, images = faces
     out = champion[1].predict(pd.DataFrame({"image": [p.read_bytes() for p in images]}))
     data = out.assign(target=[1, 0, 1, 0][:len(images)])
-    tracking.use_store(tracking.store_uri(project))
+    runs.use_store(config.store_uri(project))
     mlflow.set_experiment("evaluate-the-champion")
     with mlflow.start_run():
         result = mlflow.models.evaluate(data=data, targets="target", predictions="label", model_type="classifier",

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import promote, tracking
-from pipeline.cli import PipelineError
+from pipeline.core.cli import PipelineError
+from pipeline.tracking import promote, runs
 
 NAME, ALIAS = "m", "champion"
 IMAGES = [f"{i:06d}.jpg" for i in range(1, 11)]
@@ -25,7 +25,7 @@ def registry(tmp_path):
     """``version(digest)``: a new version of model m whose run logged a validation split of that
     digest (None: no dataset at all)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.use_store(uri)
+    runs.use_store(uri)
     mlflow.set_experiment("t")
     client = MlflowClient(uri)
     client.create_registered_model(NAME)

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
-
 from helpers.config import REPO
 from helpers.projects import env, new_project, wait_for_queue
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 VARIANT = "head_only-lr1e-3"

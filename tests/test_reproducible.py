@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers.projects import new_project, sh
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Data resident on the device (pipeline/resident.py): the same inputs, order and metrics as
+"""Data resident on the device (pipeline/training/): the same inputs, order and metrics as
 the DataLoader path, caches within their budget, and the device check's core on the CPU."""
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers.loops import evaluate, train_one_epoch
 from torch import nn
 
-from pipeline import bench, devcheck, frozen, resident, split
-from pipeline.data import FaceDataset, epoch_flips, make_loader, read_split
-from pipeline.engine import evaluate, evaluate_batches, progress, train_epoch, train_one_epoch
-from pipeline.synthetic import generate_from_params
+from pipeline.data.dataset import FaceDataset, epoch_flips, make_loader, read_split
+from pipeline.data.synthetic import generate_from_params
+from pipeline.stages import split
+from pipeline.tools import bench, devcheck
+from pipeline.training import batches, cache, decoded, device, features, sources
+from pipeline.training.engine import evaluate_batches, progress, train_epoch
 
 CPU = torch.device("cpu")
 def quiet(message):
@@ -27,20 +30,20 @@ def test_decoded_images_are_facedatasets_tensors_bitwise(make_params):
     generate_from_params(params)
     split.split(params)
     frames = {s: read_split(params.path("split.dir"), s) for s in ("train", "val")}
-    images = resident.ensure_images(params.train_config(), frames, 0, quiet)
-    assert images["built"] and images["dir"].name.startswith(resident.IMAGE_PREFIX)
+    images = decoded.ensure_images(params.train_config(), frames, 0, quiet)
+    assert images["built"] and images["dir"].name.startswith(decoded.IMAGE_PREFIX)
     pixels = np.load(images["files"]["train"])
     assert pixels.dtype == np.uint8 and pixels.shape == (len(frames["train"]), 3, 32, 32)
     ds = FaceDataset(params.dataset_root(), frames["train"], 32, train=True, seed=7)
     ds.set_epoch(3)
     assert 0 < int(ds.flips.sum()) < len(ds)  # both orientations are compared
-    source = resident.ImageBatches(resident.Placer(CPU, quiet).place(images["files"]["train"], "t"), ds.labels, CPU)
+    source = batches.ImageBatches(device.Placer(CPU, quiet).place(images["files"]["train"], "t"), ds.labels, CPU)
     idx = torch.randperm(len(ds))[:24]
     x, y = source.batch(idx, ds.flips[idx])
     ref = torch.stack([ds[int(i)][0] for i in idx])
     assert x.dtype == ref.dtype == torch.float32 and torch.equal(x, ref)
     assert torch.equal(y, ds.labels[idx])
-    again = resident.ensure_images(params.train_config(), frames, 0, quiet)
+    again = decoded.ensure_images(params.train_config(), frames, 0, quiet)
     assert not again["built"] and again["dir"] == images["dir"]
 
 
@@ -49,7 +52,7 @@ def test_epoch_order_is_the_training_loops_shuffle(n, seed):
     """The order train_one_epoch saw from make_loader (through engine.progress), without a loader."""
     walked = torch.cat([batch for batch in progress(make_loader(list(range(n)), 16, 0, shuffle=True, seed=seed),
                                                       "t")])
-    assert torch.equal(resident.epoch_order(n, seed), walked)
+    assert torch.equal(batches.epoch_order(n, seed), walked)
 
 
 class _Features(torch.utils.data.Dataset):
@@ -102,9 +105,9 @@ def test_indexed_loops_give_the_dataloader_loops_numbers_exactly():
             before = _epoch_as_before(model, loader, opt)
             continue
         if indexed:
-            train = resident.FeatureBatches(torch.from_numpy(array), labels, CPU)
-            tr = train_epoch(model, train, resident.epoch_order(n, seed * 1000 + epoch), flips, 8, opt, CPU)
-            va = evaluate_batches(model, resident.FeatureBatches(torch.from_numpy(array[:1]), labels, CPU), 8, CPU)
+            train = batches.FeatureBatches(torch.from_numpy(array), labels, CPU)
+            tr = train_epoch(model, train, batches.epoch_order(n, seed * 1000 + epoch), flips, 8, opt, CPU)
+            va = evaluate_batches(model, batches.FeatureBatches(torch.from_numpy(array[:1]), labels, CPU), 8, CPU)
         else:
             loader = make_loader(_Features(array, labels, flips), 8, 0, shuffle=True, seed=seed * 1000 + epoch)
             tr = train_one_epoch(model, loader, opt, CPU)
@@ -121,8 +124,8 @@ def _entry(root, name, nbytes, used):
     entry = root / name
     entry.mkdir(parents=True)
     (entry / "x.npy").write_bytes(b"\0" * nbytes)
-    resident.touch(entry)
-    os.utime(entry / resident.LAST_USED, (used, used))
+    cache.touch(entry)
+    os.utime(entry / cache.LAST_USED, (used, used))
     return entry
 
 
@@ -135,19 +138,19 @@ def test_cache_budget_removes_least_recently_used_entries_and_logs_them(tmp_path
     new = _entry(root, "dddd", 4000, now - 100)
     busy = _entry(root, "eeee", 4000, now - 350)  # another stage holds its lock: skipped
     logged = []
-    with resident.entry_lock(root, "eeee", shared=True):
+    with cache.entry_lock(root, "eeee", shared=True):
         pid = os.fork()
         if pid == 0:  # the lock must be held by another process: flock is per open file
-            os._exit(0 if resident.enforce_budget(root, 12500, keep={"images-bbbb"}, log=logged.append)
+            os._exit(0 if cache.enforce_budget(root, 12500, keep={"images-bbbb"}, log=logged.append)
                      == ["aaaa", "cccc"] else 3)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert not old.exists() and not middle.exists()
     assert in_use.exists() and new.exists() and busy.exists()
-    removed = resident.enforce_budget(root, 8500, keep={"images-bbbb"}, log=logged.append)
+    removed = cache.enforce_budget(root, 8500, keep={"images-bbbb"}, log=logged.append)
     assert removed == ["eeee"] and not busy.exists() and new.exists()
     assert len(logged) == 1 and "removed" in logged[0] and "eeee" in logged[0] and "cache_budget_gb" in logged[0]
-    assert resident.enforce_budget(root, 1 << 30, log=logged.append) == []
+    assert cache.enforce_budget(root, 1 << 30, log=logged.append) == []
 
 
 def test_train_stage_trims_the_cache_to_its_budget(make_params):
@@ -157,12 +160,12 @@ def test_train_stage_trims_the_cache_to_its_budget(make_params):
     generate_from_params(params)
     split.split(params)
     stale = _entry(params.path("train.feature_cache"), "0123456789abcdef0123", 5000, time.time() - 3600)
-    from pipeline.model import build_model, set_strategy
+    from pipeline.training.model import build_model, set_strategy
 
     model = build_model("none", 42)
     set_strategy(model, "head_only")
     log = []
-    data = resident.training_data(params.train_config(), model, "head_only", CPU, "none", 0, False, log.append)
+    data = sources.training_data(params.train_config(), model, "head_only", CPU, "none", 0, False, log.append)
     assert not stale.exists() and data["cache"]["dir"].exists()
     assert any(line.startswith("cache budget: removed") and stale.name in line for line in log)
     assert any(line.startswith("frozen prefix: cache") for line in log)
@@ -178,23 +181,23 @@ class _FakeCuda:
 
 def _fake_cuda(monkeypatch, free_gb, cached_gb=0):
     """An 80 GB GPU with ``free_gb`` free, plus ``cached_gb`` held by torch's allocator but unused."""
-    monkeypatch.setattr(resident.torch.cuda, "mem_get_info", _FakeCuda(free_gb << 30, 80 << 30))
-    monkeypatch.setattr(resident.torch.cuda, "memory_reserved", lambda device=None: (cached_gb + 1) << 30)
-    monkeypatch.setattr(resident.torch.cuda, "memory_allocated", lambda device=None: 1 << 30)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", _FakeCuda(free_gb << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: (cached_gb + 1) << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 << 30)
 
 
 def test_memory_torch_holds_unused_counts_as_free(monkeypatch):
     _fake_cuda(monkeypatch, 4, cached_gb=30)  # an earlier variant's features, freed but still reserved
-    assert resident.Placer(torch.device("cuda"), quiet).choose(20 << 30) == "device"
+    assert device.Placer(torch.device("cuda"), quiet).choose(20 << 30) == "device"
 
 
 @pytest.mark.parametrize("free_gb,host_gb,size_gb,where", [
     (40, 100, 10, "device"), (12, 100, 10, "pinned"), (12, 15, 10, "mmap")])
 def test_placer_chooses_device_then_pinned_then_mmap(monkeypatch, free_gb, host_gb, size_gb, where):
     _fake_cuda(monkeypatch, free_gb)
-    monkeypatch.setattr(resident, "host_available", lambda: host_gb << 30)
-    assert resident.Placer(torch.device("cuda"), quiet).choose(size_gb << 30) == where
-    assert resident.Placer(CPU, quiet).choose(size_gb << 30) == ("mmap" if where == "mmap" else "memory")
+    monkeypatch.setattr(device, "host_available", lambda: host_gb << 30)
+    assert device.Placer(torch.device("cuda"), quiet).choose(size_gb << 30) == where
+    assert device.Placer(CPU, quiet).choose(size_gb << 30) == ("mmap" if where == "mmap" else "memory")
 
 
 @pytest.mark.parametrize("setting,free_gb,expected", [
@@ -205,10 +208,10 @@ def test_frozen_prefix_recomputes_when_only_the_images_fit(make_params, monkeypa
     params = make_params({"train.frozen_features": setting})
     _fake_cuda(monkeypatch, free_gb)
     log = []
-    placer = resident.Placer(torch.device("cuda"), log.append)
-    assert resident.frozen_mode(params.train_config(), placer, 24 << 30, int(4.5 * 2**30), log.append) == expected
+    placer = device.Placer(torch.device("cuda"), log.append)
+    assert sources.frozen_mode(params.train_config(), placer, 24 << 30, int(4.5 * 2**30), log.append) == expected
     assert log[0].startswith(f"frozen prefix: {expected} (train.frozen_features: {setting}")
-    assert resident.frozen_mode(make_params({"train.frozen_features": "auto"}).train_config(), resident.Placer(CPU, quiet),
+    assert sources.frozen_mode(make_params({"train.frozen_features": "auto"}).train_config(), device.Placer(CPU, quiet),
                                 24 << 30, 1, quiet) == "cache"  # the CPU reads its cache
 
 
@@ -233,29 +236,29 @@ def test_bf16_features_are_stored_in_half_the_bytes(make_params):
                           "train.variants": {"h": {"strategy": "head_only", "lr": 0.001}}})
     generate_from_params(params)
     split.split(params)
-    from pipeline.model import build_model
+    from pipeline.training.model import build_model
 
-    cache = frozen.ensure_cache(params.train_config(), build_model("none", 42), CPU, quiet, workers=0)
-    stored = np.load(frozen._files(cache["dir"], "pool5")["train"])
+    cache = features.ensure_cache(params.train_config(), build_model("none", 42), CPU, quiet, workers=0)
+    stored = np.load(features.feature_files(cache["dir"], "pool5")["train"])
     n_val = len(read_split(params.path("split.dir"), "val"))
     assert stored.dtype == np.int16 and cache["view_dtype"] == torch.bfloat16
-    assert cache["bytes"] == frozen.cache_bytes(["pool5"], 32, stored.shape[1], n_val, 2)
+    assert cache["bytes"] == features.cache_bytes(["pool5"], 32, stored.shape[1], n_val, 2)
     assert cache["bytes"] == stored.nbytes + 2 * 512 * n_val  # half of float32's
     values = torch.from_numpy(stored).view(torch.bfloat16)
     assert torch.isfinite(values.float()).all() and values.float().abs().sum() > 0
 
 
 def test_amp_and_workers_resolve_on_the_machine(monkeypatch):
-    assert resident.resolve_amp("auto", CPU) == "none"
-    assert resident.resolve_amp("bf16", CPU) == "bf16"
-    monkeypatch.setattr(resident.torch.cuda, "is_bf16_supported", lambda: True)
-    assert resident.resolve_amp("auto", torch.device("cuda")) == "bf16"
-    monkeypatch.setattr(resident.torch.cuda, "is_bf16_supported", lambda: False)
-    assert resident.resolve_amp("auto", torch.device("cuda")) == "none"
-    monkeypatch.setattr(resident.os, "sched_getaffinity", lambda pid: {0, 1, 2})
-    assert resident.resolve_workers("auto") == 3 and resident.resolve_workers(5) == 5
-    monkeypatch.setattr(resident.os, "sched_getaffinity", lambda pid: {0})
-    assert resident.resolve_workers("auto") == 0
+    assert device.resolve_amp("auto", CPU) == "none"
+    assert device.resolve_amp("bf16", CPU) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert device.resolve_amp("auto", torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert device.resolve_amp("auto", torch.device("cuda")) == "none"
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert device.resolve_workers("auto") == 3 and device.resolve_workers(5) == 5
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0})
+    assert device.resolve_workers("auto") == 0
 
 
 def test_bench_reports_ratios_to_the_ceiling_on_cuda_and_keeps_its_keys_on_the_cpu():

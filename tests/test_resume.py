@@ -11,13 +11,20 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from helpers.projects import env, new_project, sh, stages_run
 from mlflow.tracking import MlflowClient
 
-from pipeline import resume, split, stages, train
-from pipeline.resume import RESUME_DIR, RESUME_FILE, TAG_RESUMED, epoch_checkpoint
-from pipeline.tracking import log_missing_epochs
-from pipeline.synthetic import generate_from_params
-from helpers.projects import env, new_project, sh, stages_run
+from pipeline.core import deps
+from pipeline.data.synthetic import generate_from_params
+from pipeline.stages import split, train
+from pipeline.tracking.train_log import log_missing_epochs
+from pipeline.training import resume
+from pipeline.training.resume import (
+    RESUME_DIR,
+    RESUME_FILE,
+    TAG_RESUMED,
+    epoch_checkpoint,
+)
 
 VARIANT = "last_block-lr1e-4"
 STAGE = f"train@{VARIANT}"
@@ -166,12 +173,12 @@ def test_a_resume_state_made_with_other_settings_data_or_code_is_ignored(make_pa
                 train_csv.write_text("".join(train_csv.read_text().splitlines(keepends=True)[:-1]))
             elif change == "code":  # the same project with engine.py edited (the resume digest reads it)
                 project = tmp_path / "project-code"
-                shutil.copytree(stages.PACKAGE, project / stages.PACKAGE.name)
-                shutil.copy(stages.DVC_YAML, project / "dvc.yaml")
-                with open(project / stages.PACKAGE.name / "engine.py", "a") as f:
+                shutil.copytree(deps.PACKAGE, project / deps.PACKAGE.name)
+                shutil.copy(deps.DVC_YAML, project / "dvc.yaml")
+                with open(project / deps.PACKAGE.name / "training" / "engine.py", "a") as f:
                     f.write("\n# edited\n")
-                patch.setattr(stages, "PACKAGE", project / stages.PACKAGE.name)
-                patch.setattr(stages, "DVC_YAML", project / "dvc.yaml")
+                patch.setattr(deps, "PACKAGE", project / deps.PACKAGE.name)
+                patch.setattr(deps, "DVC_YAML", project / "dvc.yaml")
             patch.setattr(resume, "save", lambda w, state: (saved.append(state), (_ for _ in ()).throw(Killed)))
             with pytest.raises(Killed):
                 train.train(run_params, variant)

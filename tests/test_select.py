@@ -3,8 +3,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import PipelineError
-from pipeline.select import candidates_from_mlflow, choose
+from pipeline.core.cli import PipelineError
+from pipeline.stages.select import candidates_from_mlflow, choose
 
 
 def cand(variant, acc, loss):
@@ -78,11 +78,13 @@ mlflow.models.set_model(Echo())
 def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, tmp_path):
     import json
 
-    from pipeline import tracking
-    from pipeline.files import write_json
-    from pipeline.model import build_model, save_checkpoint
-    from pipeline.select import select
-    from pipeline.tracking import log_predictions, log_pyfunc
+    from pipeline.core import config
+    from pipeline.core.files import write_json
+    from pipeline.stages.select import select
+    from pipeline.tracking import runs
+    from pipeline.tracking.runs import log_predictions
+    from pipeline.tracking.train_log import log_pyfunc
+    from pipeline.training.model import build_model, save_checkpoint
 
     variants = {"a": {"strategy": "head_only", "lr": 0.1}, "b": {"strategy": "head_only", "lr": 0.2},
                 "c": {"strategy": "last_block", "lr": 0.3}}
@@ -91,7 +93,7 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     split_dir.mkdir(parents=True)
     images = [f"{i:06d}.jpg" for i in range(10)]
     (split_dir / "val.csv").write_text("image_id,label\n" + "".join(f"{i},{n % 2}\n" for n, i in enumerate(images)))
-    tracking.setup(params.mlflow_config())
+    runs.setup(params.mlflow_config())
     code = tmp_path / "echo_model.py"
     code.write_text(ECHO_MODEL)
     # in MLflow: a and b tie on best_val_acc, b has the lower loss; c is worse. Each run's
@@ -104,7 +106,7 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
             mlflow.log_metrics({"best_val_acc": acc, "best_val_loss": loss, "best_epoch": 2})
             labels = [n % 2 for n in range(10)]
             log_predictions(images, labels, [abs(y - (n in wrong)) * 0.8 + 0.1 for n, y in enumerate(labels)],
-                            tracking.VAL_PREDICTIONS)
+                            runs.VAL_PREDICTIONS)
             model_uri = log_pyfunc(ckpt, params.get("data.image_size"), params.root) if name == "b" else \
                 mlflow.pyfunc.log_model(name="model", python_model=str(code)).model_uri
             mlflow.set_tag("model_uri", model_uri)
@@ -117,7 +119,7 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     assert best["variant"] == result["variant"] == "b"
     assert best["best_val_acc"] == 0.9 and best["best_val_loss"] == 0.25
     assert [c["variant"] for c in best["candidates"]] == ["a", "b", "c"]
-    client = MlflowClient(tracking.tracking_uri(params))
+    client = MlflowClient(config.tracking_uri(params))
     version = client.get_model_version_by_alias("celeba-gender-vgg16", "champion")
     assert version.run_id == best["run_id"] and int(version.version) == best["version"] == 1
     # what is registered is the champion select logged to b's run, not b's trainable-only model

@@ -11,13 +11,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers.champion_project import VARIANT, build, cli_env, make_faces
+from helpers.projects import free_port, stop_group
 from PIL import Image
 
-from helpers.projects import free_port, stop_group
-from helpers.champion_project import VARIANT, build, cli_env, make_faces
-from pipeline import tracking
-from pipeline.predict import load_classifier, predict_batches
-from pipeline.serving import GenderClassifier
+from pipeline.core import config
+from pipeline.tools.predict import load_classifier, predict_batches
+from pipeline.tracking.served_model import GenderClassifier
 
 pytestmark = pytest.mark.slow
 PING_TIMEOUT_S = 120
@@ -85,7 +85,7 @@ def test_served_champion_is_self_contained_and_matches_predict(project, tmp_path
     log = tmp_path / "server.log"
     cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@{alias}",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    env = cli_env(MLFLOW_TRACKING_URI=tracking.store_uri(project), TORCH_HOME=str(torch_home))
+    env = cli_env(MLFLOW_TRACKING_URI=config.store_uri(project), TORCH_HOME=str(torch_home))
     weights.rename(hidden)  # the base weights are nowhere to be read
     try:
         with open(log, "w") as out:  # cwd: an empty folder outside the repo, the model brings its code
@@ -110,7 +110,8 @@ def test_served_champion_is_self_contained_and_matches_predict(project, tmp_path
     assert list(empty.iterdir()) == [] and list(torch_home.rglob("*")) == []  # nothing read or cached there
     assert all(set(r) == {"label", "p_male"} and r["label"] == int(r["p_male"] > 0.5) for r in records), records
     served = [r["p_male"] for r in records]
-    assert len(served) == len(images) and after[0]["p_male"] == pytest.approx(served[0], abs=1e-7)
+    # the same image alone: a batch of 1 may run other kernels than a batch of 4 (float32 rounding)
+    assert len(served) == len(images) and after[0]["p_male"] == pytest.approx(served[0], abs=1e-6)
     for body, reason in ((bad, "input row 1: not an image file Pillow can read"),
                          (small, "input row 0: a 1x1 image is smaller than the model's minimum of 32x32 pixels")):
         assert body["error_code"] == "INVALID_PARAMETER_VALUE" and "stack_trace" not in body, body

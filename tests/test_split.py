@@ -2,10 +2,10 @@
 import pandas as pd
 import pytest
 
-from pipeline.cli import PipelineError
-from pipeline.data import read_split
-from pipeline.split import split, stratified_split
-from pipeline.synthetic import generate_from_params
+from pipeline.core.cli import PipelineError
+from pipeline.data.dataset import read_split
+from pipeline.data.synthetic import generate_from_params
+from pipeline.stages.split import split, stratified_split
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -65,10 +65,10 @@ def test_split_stage_on_the_generated_default(make_params):
 import json  # noqa: E402
 
 import numpy as np  # noqa: E402
-
 from helpers.config import CELEBA_SAMPLE  # noqa: E402
-from pipeline.celeba import identities_of, read_attributes  # noqa: E402
-from pipeline.split import SPLITS, identity_split, limit_subset  # noqa: E402
+
+from pipeline.data.celeba import identities_of, read_attributes  # noqa: E402
+from pipeline.stages.split import SPLITS, identity_split, limit_subset  # noqa: E402
 
 needs_sample = pytest.mark.needs(CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}")
 

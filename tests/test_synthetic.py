@@ -3,8 +3,8 @@ import hashlib
 
 from PIL import Image
 
-from pipeline.celeba import read_attributes, read_identities
-from pipeline.synthetic import ATTRIBUTES, HEIGHT, WIDTH, generate
+from pipeline.data.celeba import read_attributes, read_identities
+from pipeline.data.synthetic import ATTRIBUTES, HEIGHT, WIDTH, generate
 
 
 def digest(folder):

@@ -7,10 +7,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
-from pipeline.split import split
-from pipeline.synthetic import generate_from_params
-from pipeline.train import train
+from pipeline.core import config
+from pipeline.data.synthetic import generate_from_params
+from pipeline.stages.split import split
+from pipeline.stages.train import train
 
 
 @pytest.fixture
@@ -23,8 +23,8 @@ def tiny(make_params):
 
 def test_train_logs_epochs_checkpoints_and_outputs(tiny):
     summary = train(tiny, "head_only-lr1e-3")
-    client = MlflowClient(tracking.tracking_uri(tiny))
-    assert tracking.tracking_uri(tiny) == f"sqlite:///{tiny.root / 'mlflow.db'}"
+    client = MlflowClient(config.tracking_uri(tiny))
+    assert config.tracking_uri(tiny) == f"sqlite:///{tiny.root / 'mlflow.db'}"
     run = client.get_run(summary["run_id"])
     assert run.info.run_name == "head_only-lr1e-3" and run.info.status == "FINISHED"
     assert run.data.tags["variant"] == "head_only-lr1e-3" and run.data.tags["stage"] == "train"
@@ -40,7 +40,7 @@ def test_train_logs_epochs_checkpoints_and_outputs(tiny):
     cm = {a.path for a in client.list_artifacts(run.info.run_id, "confusion_matrix")}
     assert cm == {"confusion_matrix/val.json", "confusion_matrix/val.png"}
     matrix = json.loads(open(mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path="confusion_matrix/val.json", tracking_uri=tracking.tracking_uri(tiny))).read())
+        run_id=run.info.run_id, artifact_path="confusion_matrix/val.json", tracking_uri=config.tracking_uri(tiny))).read())
     n_val = int(run.data.params["n_val"])
     assert sum(map(sum, matrix["matrix"])) == n_val
     split = json.loads((tiny.path("split.dir") / "split.json").read_text())
@@ -68,10 +68,10 @@ def test_the_variant_strategy_decides_what_trains(tiny, variant):
     """The stage hands the variant's strategy to the model: best.pt (trainable-only) holds exactly
     the head (and conv5 for last_block), each moved from the seeded base, the frozen-feature cache
     holds the layer before them, and MLflow records it."""
-    from pipeline.model import LAST_BLOCK, build_model, load_checkpoint
+    from pipeline.training.model import LAST_BLOCK, build_model, load_checkpoint
 
     params = tiny
-    run = MlflowClient(tracking.tracking_uri(params)).get_run(train(params, variant)["run_id"])
+    run = MlflowClient(config.tracking_uri(params)).get_run(train(params, variant)["run_id"])
     layers = ["classifier.6", *([f"features.{i}" for i in LAST_BLOCK] if variant.startswith("last_block") else [])]
     trained = load_checkpoint(params.path("train.models_dir") / variant / "best.pt")["trainable"]
     assert set(trained) == {f"{layer}.{k}" for layer in layers for k in ("weight", "bias")}
@@ -105,7 +105,7 @@ def dataset_inputs(client: MlflowClient, run_id: str) -> dict:
 
 def test_train_logs_its_splits_as_mlflow_datasets_whose_digest_follows_the_split(tiny):
     variant = "head_only-lr1e-3"
-    client = MlflowClient(tracking.tracking_uri(tiny))
+    client = MlflowClient(config.tracking_uri(tiny))
     first = dataset_inputs(client, train(tiny, variant)["run_id"])
     assert set(first) == {"training", "validation"}
     assert first["training"][0] == "synthetic-train" and first["validation"][0] == "synthetic-val"
@@ -127,11 +127,12 @@ SPLITS = 10
 LOG_SPLITS = """
 import pathlib, sys, time
 import mlflow, pandas as pd
-from pipeline import tracking
-from pipeline.config import load_params
+from pipeline.core import config
+from pipeline.tracking import runs
+from pipeline.core.config import load_params
 params_file, barrier, me, n, splits = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:])
 params = load_params(params_file)
-tracking.setup(params.mlflow_config())
+runs.setup(params.mlflow_config())
 frames = [pd.DataFrame({"image_id": [f"{i:06d}.jpg" for i in range(40)], "label": [(i + k) % 2 for i in range(40)]})
           for k in range(splits)]
 with mlflow.start_run(run_name=me):
@@ -139,7 +140,7 @@ with mlflow.start_run(run_name=me):
     while len(list(barrier.iterdir())) < n:  # everybody starts logging at the same moment
         time.sleep(0.001)
     for k, frame in enumerate(frames):  # the same splits in the same order: a collision each
-        tracking.log_split_input(frame, f"train{k}", "synthetic", params.path("data.root"), f"training{k}")
+        runs.log_split_input(frame, f"train{k}", "synthetic", params.path("data.root"), f"training{k}")
 """
 
 
@@ -163,7 +164,7 @@ def test_parallel_runs_log_the_same_splits_once_each(make_params, tmp_path):
     errors = [p.communicate(timeout=300)[1] for p in procs]
     results = list(zip((p.returncode for p in procs), errors))
     assert [code for code, _ in results] == [0] * n, [err.strip().splitlines()[-1:] for _, err in results]
-    client = MlflowClient(tracking.tracking_uri(params))
+    client = MlflowClient(config.tracking_uri(params))
     runs = client.search_runs([client.get_experiment_by_name(params.get("base.mlflow.experiment")).experiment_id])
     assert len(runs) == n
     digests = {(di.dataset.name, di.dataset.digest) for run in runs for di in run.inputs.dataset_inputs}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.celeba import ATTR_CSV, ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
+from pipeline.data.celeba import ATTR_CSV, ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
 
 # Kaggle's other files, which the reader must ignore (their real headers, one row each)
 KAGGLE_EXTRAS = {

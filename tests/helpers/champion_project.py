@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from helpers.config import REPO, write_params
-from pipeline.config import Params, load_params
+from pipeline.core.config import Params, load_params
 
 VARIANT = "head_only-lr1e-3"
 WEIGHTS_FILE = "vgg16-weights.pt"  # in the project folder
@@ -30,10 +30,10 @@ _BUILT: dict[str, Params] = {}
 def build(tmp_path_factory) -> Params:
     """The project's params (rooted in a temporary folder), trained and selected once."""
     if "params" not in _BUILT:
-        from pipeline.select import select
-        from pipeline.split import split
-        from pipeline.synthetic import generate_from_params
-        from pipeline.train import train
+        from pipeline.data.synthetic import generate_from_params
+        from pipeline.stages.select import select
+        from pipeline.stages.split import split
+        from pipeline.stages.train import train
 
         root = tmp_path_factory.mktemp("champion")
         with pytest.MonkeyPatch.context() as mp:
@@ -57,7 +57,7 @@ def save_vgg16_weights(path: Path) -> None:
     import torch
     from torchvision.models import vgg16
 
-    from pipeline.model import _variance_preserving_init
+    from pipeline.training.model import _variance_preserving_init
 
     torch.manual_seed(WEIGHTS_SEED)
     net = vgg16(weights=None)
@@ -87,7 +87,7 @@ def make_faces(params: Params, folder: Path) -> list[Path]:
 
 def preprocess(paths, size: int) -> np.ndarray:
     """The evaluation transforms, stacked: float32 ``(N, 3, S, S)``."""
-    from pipeline.data import Preset
+    from pipeline.data.dataset import Preset
 
     preset = Preset(size)
     tensors = []
@@ -107,6 +107,6 @@ def cli_env(**extra) -> dict[str, str]:
 
 
 def run_predict(params: Params, *args, env=None) -> subprocess.CompletedProcess:
-    """``python -m pipeline.predict --params <tmp params> ARGS`` from the repo root."""
-    cmd = [sys.executable, "-m", "pipeline.predict", "--params", str(params.root / "params.yaml"), *map(str, args)]
+    """``python -m pipeline predict --params <tmp params> ARGS`` from the repo root."""
+    cmd = [sys.executable, "-m", "pipeline", "predict", "--params", str(params.root / "params.yaml"), *map(str, args)]
     return subprocess.run(cmd, cwd=REPO, env=env or cli_env(), capture_output=True, text=True, timeout=300)

@@ -3,7 +3,7 @@
 Put this folder on ``PYTHONPATH`` with ``PAUSE_AFTER_EPOCH=N`` and ``PAUSE_MARKER=/some/file``:
 in any Python process (dvc itself, the stage it runs) an audit hook watches renames. When the
 train stage is about to put epoch N+1's checkpoint into its resume folder
-(``.../resume/epoch_<N+1>.pt``: :func:`pipeline.files.atomic_write` renames it into place), epoch N
+(``.../resume/epoch_<N+1>.pt``: :func:`pipeline.core.files.atomic_write` renames it into place), epoch N
 has been saved in the resume state and logged to MLflow. The hook then writes the marker file
 and sleeps until the process is killed. The test waits for the marker (a condition, not a
 timing window) and kills the stage: it dies after exactly N epochs, every time.

@@ -1,6 +1,0 @@
-"""MLflow "model from code" entry point: the registry's model is defined here, not pickled."""
-import mlflow
-
-from pipeline.serving import GenderClassifier
-
-mlflow.models.set_model(GenderClassifier())
