@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -38,24 +37,11 @@ REPO = Path(__file__).resolve().parents[2]
 def make_dataset(folder: Path, images: int, distinct: int, seed: int) -> None:
     """``images`` CelebA-layout files: ``distinct`` synthetic faces, replicated under new ids."""
     from pipeline.data import synthetic
-    from pipeline.data.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
+    from pipeline.tools.scale import mirror
 
     base = folder.with_name(folder.name + "-base")
     synthetic.generate(base, min(distinct, images), 0.05, seed)
-    lines = (base / ATTR_FILE).read_text().splitlines()
-    header, rows = lines[1], lines[2:]
-    idents = dict(line.split() for line in (base / IDENTITY_FILE).read_text().splitlines())
-    n_ident = max(map(int, idents.values()))
-    (folder / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
-    attr, ident = [], []
-    for j in range(images):
-        src_id, values = rows[j % len(rows)].split(" ", 1)
-        image_id = f"{j + 1:06d}.jpg"
-        os.link(base / IMAGE_DIR / src_id, folder / IMAGE_DIR / image_id)
-        attr.append(f"{image_id} {values}")
-        ident.append(f"{image_id} {int(idents[src_id]) + n_ident * (j // len(rows))}")
-    (folder / ATTR_FILE).write_text(f"{images}\n{header}\n" + "\n".join(attr) + "\n")
-    (folder / IDENTITY_FILE).write_text("\n".join(ident) + "\n")
+    mirror(base, folder, images)
 
 
 def write_params(workdir: Path, args) -> Path:

@@ -44,14 +44,15 @@ PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", "requirements.txt", ".gi
 
 
 def mirror(sample: Path, folder: Path, n: int) -> Path:
-    """``n`` images in CelebA's official layout: the sample's files hard-linked under new ids."""
+    """``n`` images in CelebA's official layout: ``sample``'s files (a CelebA-layout folder)
+    hard-linked under new ids, each repeat of a person a new identity."""
     from pipeline.data.celeba import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR
 
     lines = (sample / ATTR_FILE).read_text().splitlines()
     header, rows = lines[1], lines[2:]
     identity = dict(line.split() for line in (sample / IDENTITY_FILE).read_text().splitlines())
     n_people = max(map(int, identity.values()))
-    (folder / IMAGE_DIR).mkdir(parents=True)
+    (folder / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     attr, ident = [], []
     for j in range(n):
         src, values = rows[j % len(rows)].split(None, 1)
