@@ -491,7 +491,7 @@ def test_a_failed_synthetic_regeneration_keeps_the_set_and_the_split(make_params
         synthetic.generate_from_params(params)
     assert split_outputs(Path(params.root) / "params.yaml") == before
     assert {p.name: p.read_bytes() for p in (params.dataset_root() / IMAGE_DIR).iterdir()} == images_before
-    # features/: the split stage's record of the files it hashed (pipeline/manifest.py)
+    # features/: the split stage's record of the files it hashed (pipeline/data/manifest.py)
     assert sorted(p.name for p in params.path("data.synthetic.dir").parent.iterdir()) == ["features", "split",
                                                                                         "synthetic"]
 

@@ -1,4 +1,4 @@
-"""Intervals and paired tests (pipeline/compare.py), checked against their textbook formulas."""
+"""Intervals and paired tests (pipeline/evaluation/compare.py), checked against their textbook formulas."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""What evaluate reports beyond accuracy (pipeline/scores.py, slices.py, card.py), on predictions
+"""What evaluate reports beyond accuracy (pipeline/evaluation/: scores.py, slices.py, card.py), on predictions
 made up so that every number can be worked out by hand."""
 import numpy as np
 import pandas as pd

@@ -1,4 +1,4 @@
-"""The split stage checks and hashes every image once (pipeline/manifest.py); a later stage trusts
+"""The split stage checks and hashes every image once (pipeline/data/manifest.py); a later stage trusts
 it with one stat per image, hashes only what was modified since, and names a file that changed."""
 import os
 

@@ -236,7 +236,7 @@ def test_code_only_change_retrains_to_identical_metrics_and_keeps_the_champion(o
     files = sorted(p.relative_to(root) for p in (root / "metrics").rglob("*") if p.is_file())
     assert len(files) == 2 + 2 + 2 + 7  # per variant: summary, history; curves, select.json; evaluate: 7 files
     metrics_before = {rel: (root / rel).read_bytes() for rel in files}
-    with open(root / "pipeline" / "serving.py", "a") as f:
+    with open(root / "pipeline" / "tracking" / "served_model.py", "a") as f:
         f.write("\n# a code change that leaves every number as it was\n")
     ran = stages_run(sh(["dvc", "repro"], root).stdout)
     assert sorted(ran[:-2]) == sorted(f"train@{v}" for v in VARIANTS) == \
@@ -320,7 +320,7 @@ def test_only_split_depends_on_the_data_folder(own_copy):
 
 # --- Through a DVC remote: push, a fresh `git clone` pulls, is up to date, runs nothing and
 # predicts what the first clone does; the feature cache and resume state stay out; a bad remote
-# fails in one line (pipeline/remote.py) ----------------------------------------------------------
+# fails in one line (pipeline/tools/remote.py) ----------------------------------------------------------
 
 REMOTE_VARIANT = "head_only-lr1e-3"
 

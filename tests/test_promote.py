@@ -1,4 +1,4 @@
-"""Champion and challenger (pipeline/promote.py) on a real MLflow registry (SQLite): what each
+"""Champion and challenger (pipeline/tracking/promote.py) on a real MLflow registry (SQLite): what each
 ``select.promote`` rule decides, a champion of another split, and two selects at once."""
 import threading
 import time

@@ -99,6 +99,6 @@ def test_the_readmes_experiment_lines_run_as_written(tmp_path):
     tables = [as_a_user(root, line).stdout for line in show_lines]
     for table in tables:  # the README says they fit a 200-column screen
         assert max(map(len, table.splitlines())) <= 200, table
-    assert "best_val_acc" in tables[0] and "selected" in tables[0], tables[0]
+    assert "best_val_acc" in tables[0] and "champion" in tables[0], tables[0]
     for value in (*lrs, lr):
         assert str(value) in tables[1], (value, tables[1])

@@ -1,4 +1,4 @@
-"""The same numbers on another machine (pipeline/numerics.py): a training stage run under the
+"""The same numbers on another machine (pipeline/core/numerics.py): a training stage run under the
 settings that differ between real x86-64 machines -- the instruction set the libraries see
 (AVX-512 here, AVX2 on many others) and the number of threads (1, 2, 8) -- writes byte-identical
 metrics and weights with ``train.reproducible: true``. Without it the same settings give other
