@@ -15,6 +15,7 @@ from pipeline.data.images import decode_problem
 
 CLASS_NAMES = ("female", "male")  # label 0, label 1
 THRESHOLD = 0.5  # the decision: "male" when P(male) > THRESHOLD (train, evaluate, predict)
+SPLIT_SUMMARY = "split.json"  # the split stage's class counts and grouping, beside the lists
 TEST_ATTRIBUTES = "test_attributes.csv"  # in split.dir: the test images' attributes but Male (1 / -1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -42,6 +42,7 @@ from pipeline.data import manifest
 from pipeline.data.celeba import detect_layout
 from pipeline.data.dataset import (
     CLASS_NAMES,
+    SPLIT_SUMMARY,
     THRESHOLD,
     read_split,
     read_test_attributes,
@@ -113,7 +114,7 @@ def short_metrics(summary: dict, sliced: dict) -> dict:
 def card_info(params: Params, best: dict, summary: dict, sliced: dict) -> dict:
     """What :func:`pipeline.evaluation.card.render` takes, from params, the split and select's output."""
     split_dir = params.path("split.dir")
-    summary_file = split_dir / "split.json"
+    summary_file = split_dir / SPLIT_SUMMARY
     split = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     spec = params.variant(best["variant"])
     pick, decision = best.get("pick") or {}, best.get("decision_text", "")

@@ -129,12 +129,7 @@ def log_champion(params: Params, best: dict) -> str:
         network = Path(tmp) / "network.pt"
         serving.save_network(network, classifier.net, classifier.image_size,
                              str(params.get("select.champion_dtype")))
-        info = mlflow.pyfunc.log_model(
-            name="champion", python_model=str(serving.MODEL_CODE), artifacts={"network": str(network)},
-            code_paths=[str(serving.PACKAGE_DIR)], signature=serving.signature(),
-            input_example=serving.example_input(classifier.image_size),
-            pip_requirements=serving.model_requirements(params.root))
-    return info.model_uri
+        return serving.log("champion", {"network": network}, classifier.image_size, params.root)
 
 
 def scorer(params: Params, name: str, val: pd.DataFrame):

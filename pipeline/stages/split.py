@@ -35,7 +35,7 @@ from pipeline.data.celeba import (
     identities_of,
     read_attributes,
 )
-from pipeline.data.dataset import CLASS_NAMES, TEST_ATTRIBUTES
+from pipeline.data.dataset import CLASS_NAMES, SPLIT_SUMMARY, TEST_ATTRIBUTES
 from pipeline.data.images import scan
 
 SPLITS = ("train", "val", "test")
@@ -190,7 +190,7 @@ def split(params: Params, log=None) -> dict:
     atomic_write(out / TEST_ATTRIBUTES, lambda t: attributes.to_csv(t, index=False))
     manifest.write(out, parts, scanned)
     manifest.remember(params.shared_path("train.feature_cache"), root, out, scanned)
-    write_json(out / "split.json", summary)
+    write_json(out / SPLIT_SUMMARY, summary)
     return summary
 
 

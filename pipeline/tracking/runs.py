@@ -104,8 +104,6 @@ def log_split_input(frame, split: str, data_source: str, data_root: Path, contex
     its ``image_id,label`` rows, named ``<data.source>-<split>``, with the folder its images come
     from (``data.root``) as source and :func:`split_digest` as digest, so it changes whenever the
     split does; the images' own hash is in ``dvc.lock``."""
-    import warnings
-
     import mlflow.data
 
     rows = frame[["image_id", "label"]].reset_index(drop=True)

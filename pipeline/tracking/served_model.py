@@ -72,8 +72,19 @@ def signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
 
+    label, p_male = OUTPUT_COLUMNS
     return ModelSignature(inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
-                          outputs=Schema([ColSpec(DataType.long, "label"), ColSpec(DataType.float, "p_male")]))
+                          outputs=Schema([ColSpec(DataType.long, label), ColSpec(DataType.float, p_male)]))
+
+
+def log(name: str, artifacts: dict, image_size: int, root: Path) -> str:
+    """Log the model (:data:`MODEL_CODE`, defined from code, carrying the whole package) to the
+    active run as ``name`` with ``artifacts`` (a checkpoint or a whole network); its URI."""
+    info = mlflow.pyfunc.log_model(
+        name=name, python_model=str(MODEL_CODE), artifacts={k: str(v) for k, v in artifacts.items()},
+        code_paths=[str(PACKAGE_DIR)], signature=signature(), input_example=example_input(image_size),
+        pip_requirements=model_requirements(root))
+    return info.model_uri
 
 
 def example_input(image_size: int):
@@ -151,7 +162,7 @@ def labelled(p_male: np.ndarray) -> pd.DataFrame:
     from pipeline.data.dataset import THRESHOLD
 
     p_male = np.asarray(p_male, dtype=np.float32)
-    return pd.DataFrame({"label": (p_male > THRESHOLD).astype(np.int64), "p_male": p_male})
+    return pd.DataFrame(dict(zip(OUTPUT_COLUMNS, ((p_male > THRESHOLD).astype(np.int64), p_male))))
 
 
 class GenderClassifier(mlflow.pyfunc.PythonModel):

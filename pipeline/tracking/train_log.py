@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 
 from pipeline.core.config import TrainConfig
+from pipeline.data.dataset import SPLIT_SUMMARY
 from pipeline.tracking.runs import (
     TAG_MODEL_URI,
     TAG_VARIANT,
@@ -65,11 +66,11 @@ def log_split(split_dir: Path) -> None:
     identity split, the identities per split and their overlap) as metrics."""
     import json
 
-    path = split_dir / "split.json"
+    path = split_dir / SPLIT_SUMMARY
     if not path.is_file():
         return
     summary = json.loads(path.read_text())
-    mlflow.log_dict(summary, "split.json")
+    mlflow.log_dict(summary, SPLIT_SUMMARY)
     mlflow.log_param("split_group_by", summary.get("group_by", "none"))
     counts = {f"split_{name}_{k}": v for name in ("train", "val", "test")
               for k, v in summary.get(name, {}).items() if isinstance(v, (int, float))}
@@ -127,10 +128,4 @@ def log_pyfunc(checkpoint: Path, image_size: int, root: Path) -> str:
     whole network, is logged by ``select``."""
     from pipeline.tracking import served_model as serving
 
-    info = mlflow.pyfunc.log_model(
-        name="model", python_model=str(serving.MODEL_CODE), artifacts={"checkpoint": str(checkpoint)},
-        code_paths=[str(serving.PACKAGE_DIR)], signature=serving.signature(),
-        input_example=serving.example_input(image_size),
-        pip_requirements=serving.model_requirements(root),
-    )
-    return info.model_uri
+    return serving.log("model", {"checkpoint": checkpoint}, image_size, root)

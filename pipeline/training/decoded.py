@@ -27,7 +27,7 @@ IMAGE_PREFIX = "images-"  # image entries under train.feature_cache; feature ent
 
 def images_digest(cfg: TrainConfig, frames: dict[str, pd.DataFrame]) -> str:
     """A digest of the splits' image ids and bytes (what every cached value is computed from),
-    from the hashes the split stage recorded (:mod:`pipeline.manifest`): no image is read."""
+    from the hashes the split stage recorded (:mod:`pipeline.data.manifest`): no image is read."""
     from pipeline.data import manifest
 
     return manifest.digest(manifest.load(cfg.split_dir), frames)

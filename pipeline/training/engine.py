@@ -78,7 +78,7 @@ def train_epoch(net: nn.Module, source, order: torch.Tensor, flips: torch.Tensor
                 optimizer: torch.optim.Optimizer, device: torch.device, desc: str = "train", amp: str = "none",
                 channels_last: bool = False, frozen_dropout: bool = True) -> dict:
     """One training pass over ``source`` (:mod:`pipeline.training.sources` batches) in ``order``,
-    sample ``i`` flipped where ``flips[i]``: :func:`train_one_epoch` without a DataLoader."""
+    sample ``i`` flipped where ``flips[i]``: ``tests/helpers/loops.train_one_epoch`` without a DataLoader."""
     set_train_mode(net, frozen_dropout)
     sums = Sums(device)
     flips = flips.to(source.index_device)  # order and flips: one copy per epoch to where the data is

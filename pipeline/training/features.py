@@ -79,7 +79,7 @@ def weights_id(cfg: TrainConfig) -> str:
 def cache_key(cfg: TrainConfig, frames: dict[str, pd.DataFrame], device: torch.device,
               digest: str | None = None) -> tuple[str, dict]:
     """A digest of everything the cached values depend on, and its readable parts. ``digest``:
-    :func:`pipeline.images_digest` of ``frames``, when the caller has it already."""
+    :func:`pipeline.training.decoded.images_digest` of ``frames``, when the caller has it already."""
     from pipeline.core import numerics
 
     images = digest or images_digest(cfg, frames)
