@@ -186,6 +186,25 @@ def test_no_champion_is_one_line_naming_model_and_alias(project, make_params, fa
             load_classifier(None, str(tmp_path / key / "params.yaml"))
 
 
+def test_select_and_evaluate_score_a_version_as_the_pyfunc_model_does(project, champion):
+    """``score_split`` (what select compares versions by and evaluate reports on) gives the
+    pyfunc model's P(male) of the split's image files; a version that cannot be loaded is one
+    line naming it."""
+    from pipeline.data.celeba import detect_layout
+    from pipeline.data.dataset import read_split
+    from pipeline.tracking.served_model import score_split
+
+    runs.use_store(config.store_uri(project))
+    test = read_split(project.path("split.dir"), "test")
+    folder = detect_layout(project.dataset_root()).image_dir
+    expected = pyfunc_p_male(champion, [folder / image_id for image_id in test["image_id"]])
+    np.testing.assert_allclose(score_split(project, champion[0], test), expected, atol=1e-6)
+    missing = f"models:/{project.get('base.mlflow.registered_model')}/99"
+    with pytest.raises(PipelineError, match=rf"^{missing} cannot be loaded: ") as err:
+        score_split(project, missing, test, verify=False)
+    assert "\n" not in str(err.value)
+
+
 def test_bad_model_argument_is_a_clear_error(tmp_path):
     with pytest.raises(PipelineError, match="model not found"):
         load_classifier(str(tmp_path / "nope.pt"))

@@ -38,8 +38,6 @@ from sklearn.metrics import classification_report, confusion_matrix
 from pipeline.core.cli import PipelineError
 from pipeline.core.config import Params, load_params
 from pipeline.core.files import atomic_write, write_json
-from pipeline.data import manifest
-from pipeline.data.celeba import detect_layout
 from pipeline.data.dataset import (
     CLASS_NAMES,
     SPLIT_SUMMARY,
@@ -50,7 +48,6 @@ from pipeline.data.dataset import (
 from pipeline.evaluation import card, scores, slices
 from pipeline.tracking import runs, train_log
 from pipeline.tracking import served_model as serving
-from pipeline.training.device import resolve_device
 
 TEST_PREDICTIONS = "test_predictions.csv"
 
@@ -183,15 +180,9 @@ def evaluate(params: Params, log=print) -> dict:
     is logged, so a failure leaves the previous ones as they were."""
     best = read_selection(params.path("select.output"))
     frame = read_split(params.path("split.dir"), "test")
-    root = params.dataset_root()
     runs.setup(params.mlflow_config())
     uri = f"models:/{best['registered_model']}/{best['version']}"
-    model = mlflow.pyfunc.load_model(uri)
-    model.unwrap_python_model().net.to(resolve_device(params.get("train.device")))
-    manifest.verify(root, frame, params.path("split.dir"), params.shared_path("train.feature_cache"))
-    folder = detect_layout(root).image_dir
-    probs = serving.predict_files(model, [folder / image_id for image_id in frame["image_id"]],
-                                  params.get("train.batch_size"))
+    probs = serving.score_split(params, uri, frame)
     labels = frame["label"].to_numpy(dtype=int)
     preds = (probs > THRESHOLD).astype(int)
     summary = scores.summary(labels, probs, THRESHOLD)

@@ -39,7 +39,6 @@ from mlflow.tracking import MlflowClient
 from pipeline.core.cli import PipelineError, one_line
 from pipeline.core.config import Params, load_params
 from pipeline.core.files import atomic_write, write_json
-from pipeline.data import manifest
 from pipeline.data.dataset import THRESHOLD, read_split
 from pipeline.evaluation import compare
 from pipeline.tracking import promote, runs
@@ -133,26 +132,16 @@ def log_champion(params: Params, best: dict) -> str:
 
 
 def scorer(params: Params, name: str, val: pd.DataFrame):
-    """``score(version)``: a registered version's per-image correctness on the validation split,
-    through its pyfunc interface on the image files' bytes, as users get it."""
-    from pipeline.data.celeba import detect_layout
+    """``score(version)``: a registered version's per-image correctness on the validation split
+    (:func:`pipeline.tracking.served_model.score_split`; the images checked once, before the
+    first model runs)."""
     from pipeline.tracking import served_model as serving
-    from pipeline.training.device import resolve_device
 
     checked: list = []
 
     def score(version) -> pd.Series:
-        if not checked:  # the images still those split checked, once, before the first model runs
-            checked.append(manifest.verify(params.dataset_root(), val, params.path("split.dir"),
-                                           params.shared_path("train.feature_cache")))
-        folder = detect_layout(params.dataset_root()).image_dir
-        try:
-            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-        except (mlflow.exceptions.MlflowException, OSError) as exc:
-            raise PipelineError(f"models:/{name}/{version} cannot be loaded: {one_line(exc)}") from None
-        model.unwrap_python_model().net.to(resolve_device(params.get("train.device")))
-        probs = serving.predict_files(model, [folder / image_id for image_id in val["image_id"]],
-                                      params.get("train.batch_size"))
+        probs = serving.score_split(params, f"models:/{name}/{version}", val, verify=not checked)
+        checked.append(version)
         return compare.correct(pd.DataFrame({"image_id": val["image_id"], "label": val["label"], "p_male": probs}),
                                THRESHOLD)
 

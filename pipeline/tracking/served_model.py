@@ -67,6 +67,28 @@ def predict_files(model, paths, batch_size: int) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
 
+def score_split(params, uri: str, frame: pd.DataFrame, verify: bool = True) -> np.ndarray:
+    """P(male) of a split's images (``frame["image_id"]``) under the registered version ``uri``
+    (``models:/<name>/<version>``), through its pyfunc interface on the files' bytes, as users get
+    it, on ``train.device``; ``verify``: first check the images against the split's manifest. A
+    version that cannot be loaded is a one-line error naming it. What select and evaluate score by."""
+    from pipeline.core.cli import PipelineError, one_line
+    from pipeline.data import manifest
+    from pipeline.data.celeba import detect_layout
+    from pipeline.training.device import resolve_device
+
+    root = params.dataset_root()
+    if verify:
+        manifest.verify(root, frame, params.path("split.dir"), params.shared_path("train.feature_cache"))
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except (mlflow.exceptions.MlflowException, OSError) as exc:
+        raise PipelineError(f"{uri} cannot be loaded: {one_line(exc)}") from None
+    model.unwrap_python_model().net.to(resolve_device(params.get("train.device")))
+    folder = detect_layout(root).image_dir
+    return predict_files(model, [folder / image_id for image_id in frame["image_id"]], params.get("train.batch_size"))
+
+
 def signature():
     """Input: a binary column ``image``; output per row: ``label`` (1 = male) and ``p_male``."""
     from mlflow.models import ModelSignature
