@@ -92,8 +92,8 @@ push: setup
 pull: setup
 	python -m pipeline remote pull
 
-# Generated pipeline outputs only (paths from params.yaml); the MLflow store (mlflow.db, mlartifacts/)
-# keeps its history, and a CelebA folder under data/ (data.root) is never touched.
+# Generated pipeline outputs only (paths from params.yaml and dvc.yaml's vars); the MLflow store
+# (mlflow.db, mlartifacts/) keeps its history, and a CelebA folder under data/ (data.root) is never touched.
 CLEAN_KEYS := data.synthetic.dir split.dir train.feature_cache train.models_dir
 clean:
 	$(BIN)/python -c "import sys; from pipeline.core.config import load_params; p = load_params(); \

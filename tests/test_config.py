@@ -4,7 +4,7 @@ import os
 import pytest
 
 from pipeline.core.cli import PipelineError
-from pipeline.core.config import load_params, tracking_uri
+from pipeline.core.config import load_params, tracking_uri, write_project
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -48,6 +48,39 @@ def test_paths_resolve_against_the_params_folder(make_params, tmp_path, monkeypa
     celeba = make_params({"data.source": "celeba", "data.root": str(tmp_path / "celeba")})
     assert celeba.dataset_root() == tmp_path / "celeba"
 
+
+
+def test_the_wiring_comes_from_dvc_yaml_once(make_params, tmp_path):
+    """Where each stage writes what the next one reads is dvc.yaml's ``vars`` (not a knob of
+    params.yaml, whose every key ``dvc exp show`` lists); the params get it under the same keys,
+    from the dvc.yaml beside the params file, else this checkout's. A key in both is one line."""
+    import yaml
+    from helpers.config import REPO
+
+    wiring = [item for item in yaml.safe_load((REPO / "dvc.yaml").read_text())["vars"] if isinstance(item, dict)]
+    keys = [f"{section}.{key}" for item in wiring for section, values in item.items() for key in values]
+    assert "split.dir" in keys and "select.output" in keys and "evaluate.slices" in keys
+    knobs = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key in keys:
+        section, leaf = key.split(".")
+        assert leaf not in knobs.get(section, {}), key  # one place
+    params = make_params()  # a scratch folder without dvc.yaml: the checkout's wiring
+    assert params.path("select.output") == tmp_path / "models" / "best.json"
+    own = tmp_path / "own"
+    own.mkdir()
+    wiring[0]["split"]["dir"] = "elsewhere/split"  # an experiment's copy of dvc.yaml, its split moved
+    (own / "dvc.yaml").write_text(yaml.safe_dump({"vars": ["params.yaml", *wiring]}))
+    moved = make_params(folder=own)
+    assert moved.path("split.dir") == own / "elsewhere" / "split"
+    with pytest.raises(PipelineError, match=r"^params.yaml: split.dir is wiring between stages, set in dvc.yaml "
+                                            r"\(vars\); remove it from params.yaml$"):
+        make_params({"split.dir": "data/other"}, folder=own)
+    raw = moved.resolved()  # what the tools edit (bench, devcheck): knobs and wiring, written apart again
+    raw["split"]["dir"], raw["train"]["epochs"] = "scratch/split", 7
+    scratch = load_params(write_project(tmp_path / "scratch", raw))
+    assert scratch.path("split.dir") == tmp_path / "scratch" / "scratch" / "split"
+    assert scratch.get("train.epochs") == 7 and scratch.resolved() == raw
+    assert "dir" not in yaml.safe_load((tmp_path / "scratch" / "params.yaml").read_text())["split"]
 
 
 def test_the_train_config_is_read_once_typed_and_resolved(make_params, tmp_path, monkeypatch):

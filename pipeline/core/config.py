@@ -1,8 +1,12 @@
-"""Loading ``params.yaml``: the one place for paths and knobs.
+"""Loading ``params.yaml`` (the knobs) and the wiring between stages (``vars`` of dvc.yaml).
 
-Every stage calls :func:`load_params`; paths in the file are relative to the folder
-that holds it (the project root), and :class:`Params` resolves them, the MLflow store's URI
-included (:func:`store_uri`, :func:`tracking_uri`). What a key may hold: :mod:`pipeline.core.schema`.
+Every stage calls :func:`load_params`. The wiring -- where each stage writes what the next one
+reads (``split.dir``, ``train.runs_dir``, ``select.output``, ...) -- is not a knob, so it lives in
+dvc.yaml's ``vars``, where DVC reads it for ``${...}``; :func:`load_params` merges it into the
+params under the same keys, so one dotted key names one path everywhere. Paths are relative to
+the params file's folder (the project root), and :class:`Params` resolves them, the MLflow
+store's URI included (:func:`store_uri`, :func:`tracking_uri`). What a key may hold:
+:mod:`pipeline.core.schema`.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.core.cli import PipelineError
+from pipeline.core import deps
+from pipeline.core.cli import PipelineError, one_line
 from pipeline.core.schema import validate
 
 
@@ -189,9 +194,65 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         raise PipelineError(f"{path}: params file is empty")
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping at top level, got {type(raw).__name__}")
+    merge_wiring(raw, path.name, wiring_file(path.resolve().parent))
     params = Params(raw, path.resolve().parent, path.name)
     validate(params)
     return params
+
+
+def wiring_file(folder: Path) -> Path:
+    """The dvc.yaml beside the params file (the project's, or an experiment's copy); else, for a
+    params file in a folder of its own (a scratch copy), the one of this checkout."""
+    return folder / "dvc.yaml" if (folder / "dvc.yaml").is_file() else deps.DVC_YAML
+
+
+def read_wiring(dvc_yaml: Path) -> list[dict]:
+    """The mappings of ``dvc_yaml``'s ``vars`` (a string item names a vars file: DVC reads it, the
+    params do not)."""
+    try:
+        items = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("vars") or []
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise PipelineError(f"{dvc_yaml}: cannot read its vars ({one_line(exc)})") from None
+    return [item for item in items if isinstance(item, dict)]
+
+
+def merge_wiring(raw: dict, name: str, dvc_yaml: Path) -> None:
+    """Adds the wiring of ``dvc_yaml`` to ``raw`` (the params) under the same keys; a key set in
+    both is an error naming it, as DVC refuses to redefine it."""
+
+    def merge(into: dict, update: dict, prefix: str) -> None:
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value, f"{prefix}{key}.")
+            elif key in into:
+                raise PipelineError(f"{name}: {prefix}{key} is wiring between stages, set in {dvc_yaml.name} "
+                                    f"(vars); remove it from {name}")
+            else:
+                into[key] = copy.deepcopy(value)
+
+    for item in read_wiring(dvc_yaml):
+        merge(raw, item, "")
+
+
+def write_project(folder: Path, raw: dict) -> Path:
+    """A scratch project in ``folder`` from a whole config ``raw`` (knobs and wiring, as
+    :meth:`Params.resolved` gives it, edited): the knobs in ``params.yaml``, the wiring keys of this
+    checkout's dvc.yaml in a ``dvc.yaml`` of ``vars`` only. What the tools run stages in."""
+    knobs, wiring = copy.deepcopy(raw), {}
+
+    def move(src: dict, shape: dict, dst: dict) -> None:
+        for key, value in shape.items():
+            if isinstance(value, dict):
+                move(src.get(key, {}), value, dst.setdefault(key, {}))
+            elif key in src:
+                dst[key] = src.pop(key)
+
+    for item in read_wiring(deps.DVC_YAML):
+        move(knobs, item, wiring)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dvc.yaml").write_text(yaml.safe_dump({"vars": [wiring]}, sort_keys=False))
+    (folder / "params.yaml").write_text(yaml.safe_dump(knobs, sort_keys=False))
+    return folder / "params.yaml"
 
 
 SQLITE = "sqlite:///"  # MLflow's default store: a SQLite file

@@ -37,9 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-from pipeline.core.config import load_params
+from pipeline.core.config import load_params, write_project
 
 MODES = {"plain": {"reuse_frozen": False}, "reuse": {"reuse_frozen": True},
          "native": {"reuse_frozen": True, "reproducible": False}}  # train.* of each mode
@@ -152,10 +150,7 @@ def write_mode_params(src: Path, folder: Path, split_dir: Path, train: dict, epo
     if epochs:
         raw["train"]["epochs"] = epochs
     raw["model"]["weights"] = params.weights()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return write_project(folder, raw)
 
 
 def run_metrics(params_path: Path, variant: str) -> dict:

@@ -26,9 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from pipeline.core.config import load_params
+from pipeline.core.config import load_params, write_project
 from pipeline.core.files import write_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,15 +43,13 @@ def make_dataset(folder: Path, images: int, distinct: int, seed: int) -> None:
 
 
 def write_params(workdir: Path, args) -> Path:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = load_params(REPO / "params.yaml").resolved()
     raw["data"].update(source="celeba", root=str(workdir / "celeba"), image_size=args.size, limit=None)
     raw["split"].update(dir=str(workdir / "split"), group_by="none")
     raw["train"].update(epochs=args.epochs, batch_size=args.batch, device=args.device, amp=args.amp,
                         num_workers=args.workers, feature_cache=str(workdir / "cache"),
                         models_dir=str(workdir / "models"), frozen_features=args.frozen_features)
-    path = workdir / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return write_project(workdir, raw)
 
 
 def _sync(device) -> None:
