@@ -50,7 +50,7 @@ def test_a_stopped_build_removes_its_temporary_files(base, tmp_path, sig, code, 
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     print(f"{sig.name}: {[p.name for p in during]} during the build; exit {proc.returncode}; {err.strip()[-200:]}")
-    assert proc.returncode == code and err.strip().splitlines()[-1] == line, err
+    assert proc.returncode == code and err.strip().splitlines()[-1:] == [line], f"stdout:\n{out}\nstderr:\n{err}"
     assert during and temporary(root) == []
 
 
