@@ -83,3 +83,36 @@ def test_a_split_without_a_manifest_is_a_clear_error(params):
     (params.path("split.dir") / manifest.MANIFEST).unlink()
     with pytest.raises(PipelineError, match=r"manifest.csv: not found \(run the split stage again\)"):
         check(params)
+
+
+def signals_of_a_worker(paths):
+    """Stands in for images._inspect_all in a pool worker: its SIGTERM and SIGINT handlers."""
+    import signal
+
+    default_term = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ignores_int = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    return [(None, int(default_term), int(ignores_int), "")] * len(paths)
+
+
+def raise_on_sigterm(signum, frame):
+    raise RuntimeError("SIGTERM")  # a Python handler, as pipeline.core.cli.run_main installs one
+
+
+def test_the_hashing_pool_dies_on_sigterm_and_leaves_ctrl_c_to_the_stage(params, monkeypatch):
+    """split hashes the images in a fork pool, from a process whose SIGTERM handler
+    (pipeline.core.cli) raises an exception: a worker that inherited it ran Python clean-up when
+    Pool.terminate sent SIGTERM, and once hung there, so split never ended. Its workers take the
+    default SIGTERM (they die) and ignore Ctrl-C (the stage terminates the pool)."""
+    import signal
+
+    from pipeline.data import images
+
+    ids = read_split(params.path("split.dir"), "train")["image_id"].tolist()
+    monkeypatch.setattr(images, "PARALLEL_FROM", 2)  # the pool, as for 2,000 images and more
+    monkeypatch.setattr(images, "_inspect_all", signals_of_a_worker)
+    before = signal.signal(signal.SIGTERM, raise_on_sigterm)
+    try:
+        table = images.scan(params.dataset_root(), ids, workers=2)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert set(table["size"]) == {1} and set(table["mtime_ns"]) == {1}  # every chunk's worker

@@ -7,6 +7,7 @@ import hashlib
 import io
 import multiprocessing
 import os
+import signal
 import stat
 import warnings
 from pathlib import Path
@@ -146,7 +147,7 @@ def scan(root: Path, image_ids, listed_in: str | None = None, workers: int | Non
     workers = workers or cores()
     if workers > 1 and len(paths) >= PARALLEL_FROM:
         chunk = -(-len(paths) // (workers * 8))
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=worker_signals) as pool:
             parts = pool.map(_inspect_all, [paths[i:i + chunk] for i in range(0, len(paths), chunk)])
         results = [r for part in parts for r in part]
     else:
@@ -160,6 +161,15 @@ def scan(root: Path, image_ids, listed_in: str | None = None, workers: int | Non
         raise PipelineError(f"{folder / image_id}: {problem}{more}")
     return pd.DataFrame({"image_id": ids, "size": [r[1] for r in results], "mtime_ns": [r[2] for r in results],
                          "blake2b": [r[3] for r in results]})
+
+
+def worker_signals() -> None:
+    """A pool worker's signals: SIGTERM kills it, the default that ``Pool.terminate`` relies on
+    (the stage's own SIGTERM handler, inherited through fork, made a worker run Python clean-up
+    instead, and one hung there on a lock the pool held: split never ended); Ctrl-C is the stage's
+    to handle, and it terminates the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def check_images(root: Path, image_ids, listed_in: str | None = None) -> int:
