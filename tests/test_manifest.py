@@ -116,3 +116,29 @@ def test_the_hashing_pool_dies_on_sigterm_and_leaves_ctrl_c_to_the_stage(params,
     finally:
         signal.signal(signal.SIGTERM, before)
     assert set(table["size"]) == {1} and set(table["mtime_ns"]) == {1}  # every chunk's worker
+
+
+class SignalsOfALoaderWorker:
+    """A dataset whose items are its DataLoader worker's [SIGTERM is default, SIGINT is ignored]."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        import torch
+
+        return torch.tensor(signals_of_a_worker([None])[0][1:3])
+
+
+def test_the_decode_workers_die_on_sigterm_and_leave_ctrl_c_to_the_stage():
+    """The decode pass's DataLoader workers are forked from the stage too: the same signals."""
+    import signal
+
+    from pipeline.data.dataset import make_loader
+
+    before = signal.signal(signal.SIGTERM, raise_on_sigterm)
+    try:
+        batch = next(iter(make_loader(SignalsOfALoaderWorker(), 2, 1, shuffle=False)))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert batch.tolist() == [[1, 1], [1, 1]]

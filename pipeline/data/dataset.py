@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.core.cli import PipelineError, one_line
 from pipeline.data.celeba import detect_layout
-from pipeline.data.images import decode_problem
+from pipeline.data.images import decode_problem, worker_signals
 
 CLASS_NAMES = ("female", "male")  # label 0, label 1
 THRESHOLD = 0.5  # the decision: "male" when P(male) > THRESHOLD (train, evaluate, predict)
@@ -122,7 +122,12 @@ def make_loader(ds, batch_size: int, num_workers: int, shuffle: bool, seed: int 
 
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=loader_worker if num_workers else None)
+
+
+def loader_worker(worker_id: int) -> None:
+    """A decode worker's signals, as the hashing pool's (:func:`pipeline.data.images.worker_signals`)."""
+    worker_signals()
 
 
 def read_split(split_dir: Path, name: str) -> pd.DataFrame:
