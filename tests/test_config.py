@@ -66,6 +66,7 @@ def test_the_wiring_comes_from_dvc_yaml_once(make_params, tmp_path):
         assert leaf not in knobs.get(section, {}), key  # one place
     params = make_params()  # a scratch folder without dvc.yaml: the checkout's wiring
     assert params.path("select.output") == tmp_path / "models" / "best.json"
+    assert sorted(params.wiring) == sorted(keys)
     own = tmp_path / "own"
     own.mkdir()
     wiring[0]["split"]["dir"] = "elsewhere/split"  # an experiment's copy of dvc.yaml, its split moved
@@ -75,6 +76,10 @@ def test_the_wiring_comes_from_dvc_yaml_once(make_params, tmp_path):
     with pytest.raises(PipelineError, match=r"^params.yaml: split.dir is wiring between stages, set in dvc.yaml "
                                             r"\(vars\); remove it from params.yaml$"):
         make_params({"split.dir": "data/other"}, folder=own)
+    wiring[0]["evaluate"]["roc"] = ""  # checked as the knobs are, named by its key
+    (own / "dvc.yaml").write_text(yaml.safe_dump({"vars": ["params.yaml", *wiring]}))
+    with pytest.raises(PipelineError, match=r"evaluate.roc must be a non-empty string, got ''"):
+        make_params(folder=own)
     raw = moved.resolved()  # what the tools edit (bench, devcheck): knobs and wiring, written apart again
     raw["split"]["dir"], raw["train"]["epochs"] = "scratch/split", 7
     scratch = load_params(write_project(tmp_path / "scratch", raw))

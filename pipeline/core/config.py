@@ -26,10 +26,11 @@ from pipeline.core.schema import validate
 class Params:
     """The parsed params file plus the project root its relative paths refer to."""
 
-    def __init__(self, raw: dict, root: Path, name: str = "params.yaml"):
+    def __init__(self, raw: dict, root: Path, name: str = "params.yaml", wiring: tuple[str, ...] = ()):
         self.raw = raw
         self.root = Path(root).resolve()
         self.name = name  # the params file's name, for messages
+        self.wiring = wiring  # the dotted keys that came from dvc.yaml's vars (paths, all of them)
 
     def get(self, dotted: str) -> Any:
         node: Any = self.raw
@@ -194,8 +195,8 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         raise PipelineError(f"{path}: params file is empty")
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping at top level, got {type(raw).__name__}")
-    merge_wiring(raw, path.name, wiring_file(path.resolve().parent))
-    params = Params(raw, path.resolve().parent, path.name)
+    wiring = merge_wiring(raw, path.name, wiring_file(path.resolve().parent))
+    params = Params(raw, path.resolve().parent, path.name, wiring)
     validate(params)
     return params
 
@@ -216,9 +217,10 @@ def read_wiring(dvc_yaml: Path) -> list[dict]:
     return [item for item in items if isinstance(item, dict)]
 
 
-def merge_wiring(raw: dict, name: str, dvc_yaml: Path) -> None:
-    """Adds the wiring of ``dvc_yaml`` to ``raw`` (the params) under the same keys; a key set in
-    both is an error naming it, as DVC refuses to redefine it."""
+def merge_wiring(raw: dict, name: str, dvc_yaml: Path) -> tuple[str, ...]:
+    """Adds the wiring of ``dvc_yaml`` to ``raw`` (the params) under the same keys and returns
+    them, dotted; a key set in both is an error naming it, as DVC refuses to redefine it."""
+    added: list[str] = []
 
     def merge(into: dict, update: dict, prefix: str) -> None:
         for key, value in update.items():
@@ -229,9 +231,11 @@ def merge_wiring(raw: dict, name: str, dvc_yaml: Path) -> None:
                                     f"(vars); remove it from {name}")
             else:
                 into[key] = copy.deepcopy(value)
+                added.append(f"{prefix}{key}")
 
     for item in read_wiring(dvc_yaml):
         merge(raw, item, "")
+    return tuple(added)
 
 
 def write_project(folder: Path, raw: dict) -> Path:

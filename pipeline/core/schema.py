@@ -75,10 +75,7 @@ def validate(p) -> None:
     alpha = p.get("select.alpha")
     check(_is_number(alpha) and 0 < alpha < 1, f"select.alpha must be a number between 0 and 1, got {_got(alpha)}")
     check.integer("evaluate.min_slice", 1)
-    for key in ("split.dir", "train.feature_cache", "train.models_dir", "train.runs_dir", "train.metrics_dir",
-                "train.history_dir", "select.output", "select.curves", "select.metrics", "evaluate.metrics",
-                "evaluate.confusion_csv", "evaluate.confusion_png", "evaluate.roc", "evaluate.pr",
-                "evaluate.calibration", "evaluate.slices"):
+    for key in ("train.feature_cache", *p.wiring):  # the paths: a knob, and the wiring from dvc.yaml
         check.text(key)
 
 
