@@ -79,6 +79,22 @@ def test_the_images_digest_follows_their_content_not_their_names_alone(params):
     assert manifest.digest(table, {"val": frames["val"], "train": frames["train"]}) != before  # order counts
 
 
+def test_stages_of_two_projects_in_one_process_each_read_their_own_manifest(params, tmp_path):
+    """The rows of a manifest are found through a table kept per process; another project's
+    manifest, loaded in its place (the test suite, a notebook), must not be read through them."""
+    root = tmp_path / "other"
+    synthetic.generate(root, 60, 0.0, seed=1)
+    (tmp_path / "second").mkdir()
+    other = load_params(write_params(tmp_path / "second", {"data.source": "celeba", "data.root": str(root)}))
+    split(other)
+    frames = {p: {"train": read_split(p.path("split.dir"), "train")} for p in (params, other)}
+    for _ in range(500):  # a freed table's address soon serves another table (about 100 rounds here)
+        for p in (params, other):
+            table = manifest.load(p.path("split.dir"))
+            assert manifest.digest(table, frames[p]) == manifest.digest(table.copy(), frames[p])
+            del table
+
+
 def test_a_split_without_a_manifest_is_a_clear_error(params):
     (params.path("split.dir") / manifest.MANIFEST).unlink()
     with pytest.raises(PipelineError, match=r"manifest.csv: not found \(run the split stage again\)"):

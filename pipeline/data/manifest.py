@@ -43,7 +43,7 @@ def write(split_dir: Path, parts: dict[str, pd.DataFrame], scanned: pd.DataFrame
 
 
 _loaded: dict = {}  # one read of a manifest per process: train verifies two splits and keys its caches
-_positions: dict = {}  # id(loaded manifest) -> {image_id: row}
+_positions: list = []  # [(loaded manifest, {image_id: row})]: it holds the table, so no other one is taken for it
 
 
 def load(split_dir: Path) -> pd.DataFrame:
@@ -65,12 +65,12 @@ def load(split_dir: Path) -> pd.DataFrame:
 
 def _rows(manifest: pd.DataFrame, image_ids: list[str], what: str, split_dir: Path) -> np.ndarray:
     """Positions of ``image_ids`` in the manifest; a one-line error for one it does not list."""
-    where = _positions.get(id(manifest))
-    if where is None:  # built once per loaded manifest: a dict beats pandas' indexer on string ids
+    if _positions and _positions[0][0] is manifest:
+        where = _positions[0][1]
+    else:  # built once per loaded manifest: a dict beats pandas' indexer on string ids
         where = {image_id: k for k, image_id in enumerate(manifest.index.tolist())}
         if any(manifest is table for table in _loaded.values()):
-            _positions.clear()
-            _positions[id(manifest)] = where
+            _positions[:] = [(manifest, where)]
     try:
         return np.fromiter((where[i] for i in image_ids), dtype=np.int64, count=len(image_ids))
     except KeyError as exc:
