@@ -122,12 +122,7 @@ def make_loader(ds, batch_size: int, num_workers: int, shuffle: bool, seed: int 
 
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available(), worker_init_fn=loader_worker if num_workers else None)
-
-
-def loader_worker(worker_id: int) -> None:
-    """A decode worker's signals, as the hashing pool's (:func:`pipeline.data.images.worker_signals`)."""
-    worker_signals()
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=worker_signals if num_workers else None)
 
 
 def read_split(split_dir: Path, name: str) -> pd.DataFrame:

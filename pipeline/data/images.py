@@ -163,11 +163,11 @@ def scan(root: Path, image_ids, listed_in: str | None = None, workers: int | Non
                          "blake2b": [r[3] for r in results]})
 
 
-def worker_signals() -> None:
-    """A pool worker's signals: SIGTERM kills it, the default that ``Pool.terminate`` relies on
-    (the stage's own SIGTERM handler, inherited through fork, made a worker run Python clean-up
-    instead, and one hung there on a lock the pool held: split never ended); Ctrl-C is the stage's
-    to handle, and it terminates the pool."""
+def worker_signals(worker_id: int | None = None) -> None:
+    """A hashing pool's or a decode DataLoader's worker's signals (a DataLoader passes ``worker_id``):
+    SIGTERM kills it, the default that ``Pool.terminate`` relies on (the stage's own SIGTERM handler,
+    inherited through fork, made a worker run Python clean-up instead, and one hung there on a lock
+    the pool held: split never ended); Ctrl-C is the stage's to handle, and it stops the workers."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -67,8 +67,6 @@ def resolve_amp(value, device: torch.device) -> str:
 def placement(cfg: TrainConfig) -> tuple[torch.device, str, bool]:
     """Where and how the training core runs: the device ``train.device`` names, the autocast mode
     ``train.amp`` comes to on it, and whether to use channels_last (CUDA only)."""
-    from pipeline.training.device import resolve_device
-
     device = resolve_device(cfg.device)
     return device, resolve_amp(cfg.amp, device), cfg.channels_last and device.type == "cuda"
 
