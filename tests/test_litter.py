@@ -39,6 +39,23 @@ def start_and_wait_for_the_build(root: Path) -> subprocess.Popen:
     return proc
 
 
+def handling(pid: int, sig: signal.Signals) -> str:
+    """What the kernel says process ``pid`` (and this test's process) does with ``sig``: caught,
+    ignored, blocked by which threads, pending."""
+    def flags(status: str) -> dict:
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        return {k: int(fields[k].strip(), 16) >> (sig - 1) & 1 for k in ("SigCgt", "SigIgn", "SigBlk", "ShdPnd")}
+
+    try:
+        threads = [flags(p.read_text()) for p in Path(f"/proc/{pid}/task").glob("*/status")]
+        stage = flags(Path(f"/proc/{pid}/status").read_text())
+        here = flags(Path("/proc/self/status").read_text())
+    except OSError as exc:
+        return f"unknown ({exc})"
+    return (f"stage {stage}, blocked in {sum(t['SigBlk'] for t in threads)} of {len(threads)} threads; "
+            f"test process {here}")
+
+
 # Known bug, not understood yet: twice in two whole-suite runs on a loaded 2-core machine (never
 # alone, nor in 4 runs beside two busy loops), a SIGINT sent during the feature build was lost: the
 # stage built, trained and exited 0 with nothing on stderr. SIGTERM, handled by the stage's own
@@ -56,10 +73,13 @@ def test_a_stopped_build_removes_its_temporary_files(base, tmp_path, sig, code, 
     root = shutil.copytree(base, tmp_path / "project", symlinks=True)
     proc = start_and_wait_for_the_build(root)
     during = temporary(root)
+    how = handling(proc.pid, sig)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    print(f"{sig.name}: {[p.name for p in during]} during the build; exit {proc.returncode}; {err.strip()[-200:]}")
-    assert proc.returncode == code and err.strip().splitlines()[-1:] == [line], f"stdout:\n{out}\nstderr:\n{err}"
+    print(f"{sig.name}: {[p.name for p in during]} during the build; exit {proc.returncode}; {err.strip()[-200:]}; "
+          f"when sent: {how}")
+    assert proc.returncode == code and err.strip().splitlines()[-1:] == [line], \
+        f"{sig.name} when sent: {how}\nstdout:\n{out}\nstderr:\n{err}"
     assert during and temporary(root) == []
 
 
