@@ -18,7 +18,7 @@ import os
 import sys
 
 from pipeline.core import numerics
-from pipeline.core.cli import run_main
+from pipeline.core.cli import PipelineError, run_main
 
 STAGES = {name: f"pipeline.stages.{name}" for name in ("generate", "split", "train", "select", "evaluate")}
 TOOLS = {"predict": "pipeline.tools.predict", "bench": "pipeline.tools.bench", "devcheck": "pipeline.tools.devcheck",
@@ -42,7 +42,12 @@ def main(argv: list[str]) -> None:
             preflight,  # here: split and generate need no MLflow code
         )
 
-        numerics.configure(preflight(options).get("train.reproducible"))
+        reproducible = preflight(options).get("train.reproducible")
+        try:
+            numerics.configure(reproducible)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
     sys.argv[0] = f"python -m pipeline {command}"  # argparse's prog in the command's usage line
     module = importlib.import_module(COMMANDS[command])
     run_main(lambda: module.main(options))
