@@ -47,8 +47,9 @@ def stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def new_project(root: Path, overrides: dict | None = None) -> Path:
-    """Copy the project's code and dvc.yaml to ``root``, write shrunken params, git+dvc init, commit."""
+def new_project(root: Path, overrides: dict | None = None, shrink: bool = True) -> Path:
+    """Copy the project's code and dvc.yaml to ``root``, write shrunken params (``shrink=False``:
+    the repo's params.yaml as it is), git+dvc init, commit."""
     root.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = REPO / name
@@ -56,7 +57,11 @@ def new_project(root: Path, overrides: dict | None = None) -> Path:
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
             shutil.copy(src, root / name)
-    write_params(root, overrides)
+    if shrink:
+        write_params(root, overrides)
+    else:
+        assert not overrides, "shrink=False takes the repo's params.yaml as it is"
+        shutil.copy(REPO / "params.yaml", root / "params.yaml")
     sh("git init -q && dvc init -q", root)
     shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # dvc.yaml's plot templates, the page
     shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")  # plots.html_template: the offline page
@@ -159,3 +164,23 @@ def start_mlflow_server(backend: str, artifacts: Path, log: Path, *args: str, cw
                 stop_group(server)
                 raise AssertionError(f"mlflow server did not start:\n{log.read_text(errors='replace')[-3000:]}")
             time.sleep(1)
+
+
+def default_repro(tmp_path_factory) -> Path:
+    """The repo's own ``dvc repro`` (its params.yaml, a fresh MLflow store), made once per test
+    session and shared by the test processes (pytest-xdist workers) through a lock: the modules
+    that only read it use it as it is; a test that changes it works on :func:`copy_project`."""
+    import fcntl
+    import json
+
+    base = tmp_path_factory.getbasetemp()  # under xdist, each worker's is in the session's folder
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, done = shared / "default-repro", shared / "default-repro.done"
+    with open(shared / "default-repro.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            new_project(root, shrink=False)
+            proc = sh(["dvc", "repro"], root, timeout=1800)
+            done.write_text(json.dumps({"log": proc.stdout + proc.stderr}))
+    return root
