@@ -249,3 +249,149 @@ def test_real_sample_in_kaggle_layout_reads_to_the_same_frame(tmp_path):
     assert identities_of(kaggle, b["image_id"]).equals(identities_of(official, a["image_id"]))
     x, y = FaceDataset(kaggle, b.head(2), 64)[1]
     assert torch.equal(x, FaceDataset(official, a.head(2), 64)[1][0]) and y.item() == a["label"][1]
+
+
+# --- the authors' archive layout and the partition file -------------------------------------
+
+import pathlib  # noqa: E402
+
+from helpers.celeba_layouts import archive_from, partition_blocks, write_partition  # noqa: E402
+
+from pipeline.data.celeba import (  # noqa: E402
+    ARCHIVE,
+    partition_file,
+    partitions_of,
+    read_partition,
+)
+
+
+def test_the_archive_layout_is_detected_and_reads_like_the_official_one(tmp_path):
+    official = write_celeba(tmp_path / "o", [1, 0, 0, 1, 1, 0])
+    archive = archive_from(official, tmp_path / "a", n=4)
+    a = detect_layout(archive)
+    assert (a.kind, a.attr_file, a.image_dir, a.identity_file, a.partition_file) == (
+        ARCHIVE, archive / "Anno" / "list_attr_celeba.txt", archive / "Img" / "img_align_celeba",
+        archive / "Anno" / "identity_CelebA.txt", archive / "Eval" / "list_eval_partition.txt")
+    frame = read_attributes(archive)
+    assert frame.equals(read_attributes(official).head(4))
+    assert read_identities(archive).equals(read_identities(official))
+    assert check_images(archive, frame["image_id"]) == 4
+    assert FaceDataset(archive, frame, 32).folder == archive / "Img" / "img_align_celeba"
+    assert torch.equal(FaceDataset(archive, frame, 32)[2][0], FaceDataset(official, frame, 32)[2][0])
+    # each layout's partition file, also where it is not (yet) there
+    kaggle = kaggle_from(official, tmp_path / "k")
+    assert partition_file(official) == official / "list_eval_partition.txt"
+    assert partition_file(kaggle) == kaggle / "list_eval_partition.csv"
+    assert partition_file(archive) == archive / "Eval" / "list_eval_partition.txt"
+    # an Anno/ folder without its attribute file: the error names where it belongs, and the layouts
+    (archive / "Anno" / "list_attr_celeba.txt").unlink()
+    assert detect_layout(archive).kind == ARCHIVE
+    with pytest.raises(PipelineError) as exc:
+        read_attributes(archive)
+    assert str(exc.value) == (f"{archive}/Anno/list_attr_celeba.txt: attribute file not found (CelebA keeps it "
+                              "as list_attr_celeba.txt in the data folder, as Anno/list_attr_celeba.txt in the "
+                              "authors' archive, or as Kaggle's list_attr_celeba.csv)")
+
+
+def test_detect_layout_is_a_few_stat_calls(tmp_path, monkeypatch):
+    """The preflight may call it on every stage: it never lists a folder or reads a file."""
+    official = write_celeba(tmp_path / "o", [1, 0])
+    folders = [official, kaggle_from(official, tmp_path / "k"), archive_from(official, tmp_path / "a"),
+               tmp_path / "none"]
+    calls = []
+    real_stat = pathlib.Path.stat
+    monkeypatch.setattr(pathlib.Path, "stat", lambda self, **kw: calls.append(self) or real_stat(self, **kw))
+    for forbidden in ("iterdir", "read_text", "read_bytes", "open", "glob", "rglob"):
+        monkeypatch.setattr(pathlib.Path, forbidden, lambda self, *a, **kw: pytest.fail("detect_layout read"))
+    for root in folders:
+        calls.clear()
+        detect_layout(root)
+        assert len(calls) <= 5, (root, calls)  # at most: two attribute files, Anno/, two image folders
+
+
+def test_partition_file_reads_both_formats_and_checks_every_row(tmp_path):
+    root = write_celeba(tmp_path / "c", [1, 0, 1, 0, 1])
+    ids = [f"{i:06d}.jpg" for i in range(1, 6)]
+    write_partition(root / "list_eval_partition.txt", {**dict(zip(ids, [0, 2, 1, 0, 2])), "202599.jpg": 1})
+    table = read_partition(root)
+    assert table["image_id"].tolist() == [*ids, "202599.jpg"] and table["partition"].tolist() == [0, 2, 1, 0, 2, 1]
+    assert partitions_of(root, ["000003.jpg", "000002.jpg"]).tolist() == [1, 2]  # the order asked for
+    kaggle = kaggle_from(root, tmp_path / "k")  # Kaggle's CSV, CRLF and spaces
+    (kaggle / "list_eval_partition.csv").write_text("image_id,partition\r\n" + "".join(
+        f"{i}, {p}\r\n" for i, p in zip(ids, [2, 2, 0, 1, 0])))
+    assert partitions_of(kaggle, ids).tolist() == [2, 2, 0, 1, 0]
+    assert read_partition(tmp_path / "k-less") is None
+
+
+TXT, CSV = "list_eval_partition.txt", "list_eval_partition.csv"
+
+
+@pytest.mark.parametrize("name,content,message", [
+    (TXT, "000001.jpg 0\n000002.jpg 0 1\n", f"{TXT}:2: expected 'image_id partition' (0 train, 1 val, 2 test), "
+                                           "got '000002.jpg 0 1'"),
+    (TXT, "000001.jpg 0\n\n000002.jpg\n", f"{TXT}:3: expected 'image_id partition' (0 train, 1 val, 2 test), "
+                                         "got '000002.jpg'"),
+    (TXT, "000001.jpg 0\n000002.jpg 3\n", f"{TXT}:2: 000002.jpg has partition 3, expected 0 (train), 1 (val) or 2 (test)"),
+    (TXT, "image_id partition\n000001.jpg 0\n", f"{TXT}:1: image_id has partition partition, expected 0"),
+    (TXT, "000001.jpg 0\n000002.jpg 1\n000001.jpg 2\n",
+     f"{TXT}:3: image id 000001.jpg is listed more than once (first on line 1)"),
+    (TXT, b"000001.jpg 0\n000002.jpg 1\n0000\xff3.jpg 2\n", f"{TXT}:3: not a text file (byte 30 is not UTF-8)"),
+    (TXT, "\n", f"{TXT}: partition file lists no images"),
+    (CSV, "image_id;partition\n000001.jpg;0\n", f"{CSV}:1: expected the header 'image_id,partition' (Kaggle's "
+                                                f"{CSV}), got 'image_id;partition'"),
+    (CSV, "image_id,partition\n000001.jpg,0\n000002.jpg,4\n", f"{CSV}:3: 000002.jpg has partition 4, expected 0"),
+    (CSV, "image_id,partition\n000001.jpg,\n", f"{CSV}:2: 000001.jpg has partition (none), expected 0"),
+    (CSV, "image_id,partition\n000001.jpg,0,1\n", f"{CSV}:2: expected 'image_id,partition' values (0 train, "
+                                                  "1 val, 2 test), got '000001.jpg,0,1'"),
+], ids=["txt-three-fields", "txt-one-field", "txt-partition-3", "txt-header", "txt-duplicate", "txt-not-utf8",
+        "txt-empty", "csv-header", "csv-partition-4", "csv-partition-empty", "csv-three-fields"])
+def test_partition_file_errors_name_file_and_line(tmp_path, name, content, message):
+    root = write_celeba(tmp_path / "c", [1, 0])
+    if name == CSV:
+        root = kaggle_from(root, tmp_path / "k")
+    path = root / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(PipelineError) as exc:
+        partitions_of(root, ["000001.jpg"])
+    assert str(exc.value).startswith(f"{path}") and message in str(exc.value), str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_partitions_of_names_the_missing_file_or_image(tmp_path):
+    root = write_celeba(tmp_path / "c", [1, 0, 1, 0])
+    path = root / "list_eval_partition.txt"
+    with pytest.raises(PipelineError) as exc:
+        partitions_of(root, ["000001.jpg"])
+    assert str(exc.value) == (f"{path}: partition file not found (split.method: official reads CelebA's own "
+                              "train/val/test partition from it: 'image_id partition' rows, 0 train, 1 val, 2 test)")
+    write_partition(path, {"000001.jpg": 0, "000002.jpg": 1})
+    with pytest.raises(PipelineError) as exc:
+        partitions_of(root, read_attributes(root)["image_id"])
+    assert str(exc.value) == f"{path}: no partition for 000003.jpg, listed in list_attr_celeba.txt (and 1 more)"
+    kaggle = kaggle_from(root, tmp_path / "k")
+    (kaggle / "list_eval_partition.csv").unlink()
+    with pytest.raises(PipelineError, match=r"list_eval_partition.csv: partition file not found \(split.method: "
+                                            r"official .*: header image_id,partition, 0 train"):
+        partitions_of(kaggle, ["000001.jpg"])
+
+
+def test_partition_blocks_cut_like_celeba():
+    ids = [f"{i:06d}.jpg" for i in range(1, 202_600)]
+    values = list(partition_blocks(ids).values())
+    assert [values.count(k) for k in (0, 1, 2)] == [162_770, 19_867, 19_962]
+    assert values == sorted(values)
+
+
+@needs_sample
+def test_real_sample_in_the_archive_layout(tmp_path):
+    n = 300
+    archive = archive_from(CELEBA_SAMPLE, tmp_path / "archive", n)
+    layout = detect_layout(archive)
+    assert layout.kind == ARCHIVE and layout.image_dir.resolve() == (CELEBA_SAMPLE / "img_align_celeba")
+    frame = read_attributes(archive)
+    assert frame.equals(read_attributes(CELEBA_SAMPLE).head(n))
+    assert check_images(archive, frame["image_id"]) == n
+    assert identities_of(archive, frame["image_id"]).equals(identities_of(CELEBA_SAMPLE, frame["image_id"]))
+    table = read_partition(archive)
+    assert len(table) == 4584  # every image of the sample, as the authors' file lists every image
+    assert partitions_of(archive, frame["image_id"]).value_counts().sort_index().tolist() == [241, 29, 30]

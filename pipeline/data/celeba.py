@@ -1,26 +1,35 @@
-"""The two CelebA layouts people download, and their attribute and identity files.
+"""The three CelebA layouts people download, and their attribute, identity and partition files.
 
-Two layouts, told apart by :func:`detect_layout` (the generated default uses the first)::
+Three layouts, told apart by :func:`detect_layout` (the generated default uses the first)::
 
-    official (the authors' Google Drive / Baidu files)
+    official (the authors' files, flat in one folder)
     <root>/img_align_celeba/000001.jpg ...
     <root>/list_attr_celeba.txt     # count line, header of attribute names, "id v1 v2 ..." rows, v in {-1, 1}
     <root>/identity_CelebA.txt      # "id identity" rows (optional; split.group_by: identity needs it)
+    <root>/list_eval_partition.txt  # "id partition" rows, 0 train, 1 val, 2 test (split.method: official)
+
+    archive (the authors' Google Drive / Baidu folder as downloaded, img_align_celeba.zip unzipped in Img/)
+    <root>/Img/img_align_celeba/000001.jpg ...
+    <root>/Anno/list_attr_celeba.txt
+    <root>/Anno/identity_CelebA.txt
+    <root>/Eval/list_eval_partition.txt
 
     Kaggle (jessicali9530/celeba-dataset)
     <root>/img_align_celeba/img_align_celeba/000001.jpg ...
     <root>/list_attr_celeba.csv     # header "image_id,5_o_Clock_Shadow,...", "id,v1,v2,..." rows, v in {-1, 1}
     <root>/identity_CelebA.txt      # not in the Kaggle set; the official file, copied in, works
+    <root>/list_eval_partition.csv  # header "image_id,partition", "id,p" rows (split.method: official)
 
-Kaggle's other CSVs (list_eval_partition, list_bbox_celeba, list_landmarks_align_celeba) are
-not read. Image files that no attribute row lists (a subset such as CelebA30k) are ignored; a
-listed image that is missing is an error.
+Kaggle's other CSVs (list_bbox_celeba, list_landmarks_align_celeba) are not read, nor the
+archive's other annotations. Image files that no attribute row lists (a subset such as CelebA30k)
+are ignored, and so are partition rows of such images; a listed image that is missing is an error.
 
 No torch here (nor in :mod:`pipeline.data.images`): the split stage, and its failure on bad data,
 starts in well under a second.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +42,13 @@ IMAGE_DIR = "img_align_celeba"  # official layout: <root>/img_align_celeba/; Kag
 ATTR_FILE = "list_attr_celeba.txt"  # official attribute file
 ATTR_CSV = "list_attr_celeba.csv"  # Kaggle's attribute file
 IDENTITY_FILE = "identity_CelebA.txt"
-OFFICIAL, KAGGLE = "official", "kaggle"
+PARTITION_FILE = "list_eval_partition.txt"  # the authors' train/val/test partition
+PARTITION_CSV = "list_eval_partition.csv"  # Kaggle's copy of it
+ANNO_DIR, IMG_DIR, EVAL_DIR = "Anno", "Img", "Eval"  # the authors' archive: <root>/Anno/list_attr_celeba.txt, ...
+OFFICIAL, KAGGLE, ARCHIVE = "official", "kaggle", "archive"
 ID_COLUMN = "image_id"  # Kaggle CSV's id column
+PARTITION_COLUMN = "partition"  # Kaggle partition CSV's other column
+PARTITIONS = ("0", "1", "2")  # the partition file's values: train, val, test
 LABEL_ATTR = "Male"
 
 
@@ -43,28 +57,46 @@ LABEL_ATTR = "Male"
 @dataclass(frozen=True)
 class Layout:
     """Where a data folder keeps its files; :func:`detect_layout` makes it. Every reader of
-    the folder (attributes, identities, image checks, the Dataset, the feature cache) takes
-    its paths from here."""
+    the folder (attributes, identities, partition, image checks, the Dataset, the feature cache)
+    takes its paths from here."""
 
-    kind: str  # OFFICIAL or KAGGLE: the format of attr_file
+    kind: str  # OFFICIAL, ARCHIVE or KAGGLE
     attr_file: Path
     image_dir: Path
     identity_file: Path
+    partition_file: Path  # CelebA's own train/val/test partition (split.method: official)
+
+    @property
+    def csv(self) -> bool:
+        """Kaggle's comma-separated files with a header; the other two layouts hold the authors'
+        whitespace-separated text files."""
+        return self.kind == KAGGLE
 
 
 def detect_layout(root: Path) -> Layout:
-    """The layout of ``root``, from the files present (a few ``stat`` calls).
+    """The layout of ``root``, from the files present (a few ``stat`` calls: the stages and the
+    preflight call it freely, so it never lists a folder or reads a file).
 
     Attribute file: ``list_attr_celeba.txt`` (official) if present, else ``list_attr_celeba.csv``
-    (Kaggle) if present, else the official name (so that the error names it). Image folder:
+    (Kaggle) if present, else ``Anno/list_attr_celeba.txt`` (the authors' archive) when there is
+    an ``Anno/`` folder (the file in it or not, so that the error names where it belongs), else
+    the official name. Image folder: the archive's ``Img/img_align_celeba/``; else
     ``img_align_celeba/img_align_celeba/`` when that folder exists (Kaggle's zip), else
     ``img_align_celeba/``; when neither exists, the one the attribute file's layout would have.
+    The identity and partition files are named, not looked for: the reader that needs one says
+    when it is missing.
     """
     root = Path(root)
-    if (root / ATTR_FILE).is_file() or not (root / ATTR_CSV).is_file():
-        kind, attr_file = OFFICIAL, root / ATTR_FILE
+    if (root / ATTR_FILE).is_file():
+        kind = OFFICIAL
+    elif (root / ATTR_CSV).is_file():
+        kind = KAGGLE
     else:
-        kind, attr_file = KAGGLE, root / ATTR_CSV
+        kind = ARCHIVE if (root / ANNO_DIR).is_dir() else OFFICIAL
+    if kind == ARCHIVE:
+        anno = root / ANNO_DIR
+        return Layout(kind, anno / ATTR_FILE, root / IMG_DIR / IMAGE_DIR, anno / IDENTITY_FILE,
+                      root / EVAL_DIR / PARTITION_FILE)
     flat, nested = root / IMAGE_DIR, root / IMAGE_DIR / IMAGE_DIR
     if nested.is_dir():
         image_dir = nested
@@ -72,18 +104,33 @@ def detect_layout(root: Path) -> Layout:
         image_dir = flat
     else:
         image_dir = nested if kind == KAGGLE else flat
-    return Layout(kind, attr_file, image_dir, root / IDENTITY_FILE)
+    partition = root / (PARTITION_CSV if kind == KAGGLE else PARTITION_FILE)
+    return Layout(kind, root / (ATTR_CSV if kind == KAGGLE else ATTR_FILE), image_dir, root / IDENTITY_FILE,
+                  partition)
+
+
+def partition_file(root: Path) -> Path:
+    """Where ``root``'s layout keeps CelebA's train/val/test partition (it may not be there):
+    what ``split.method: official`` reads, for a check before any stage runs."""
+    return detect_layout(root).partition_file
 
 
 # --- attribute and identity files ----------------------------------------------------------
 
 def _text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a byte-order mark is fine); a byte that is not UTF-8 is a
+    one-line error naming its line, as for any other bad line."""
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is fine
-    except UnicodeDecodeError as exc:
-        raise PipelineError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
+        data = path.read_bytes()
     except OSError as exc:
         raise PipelineError(f"{path}: cannot read ({exc.strerror})") from None
+    body = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        return body.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        lineno = body.count(b"\n", 0, exc.start) + 1
+        raise PipelineError(f"{path}:{lineno}: not a text file (byte {len(data) - len(body) + exc.start} "
+                            "is not UTF-8)") from None
 
 
 class _Rows:
@@ -172,24 +219,26 @@ def _read_kaggle(path: Path) -> pd.DataFrame:
 
 def read_attributes(root: Path) -> pd.DataFrame:
     """Rows of ``image_id`` and ``label`` (``Male`` mapped from {-1, 1} to {0, 1}), in file
-    order, from the attribute file of either layout (see :func:`detect_layout`)."""
+    order, from the attribute file of any layout (see :func:`detect_layout`)."""
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"{root}: data folder not found")
     layout = detect_layout(root)
     if not layout.attr_file.is_file():
-        raise PipelineError(f"{layout.attr_file}: attribute file not found (nor Kaggle's {ATTR_CSV} beside it)")
-    return (_read_official if layout.kind == OFFICIAL else _read_kaggle)(layout.attr_file)
+        raise PipelineError(f"{layout.attr_file}: attribute file not found (CelebA keeps it as {ATTR_FILE} in "
+                            f"the data folder, as {ANNO_DIR}/{ATTR_FILE} in the authors' archive, or as "
+                            f"Kaggle's {ATTR_CSV})")
+    return (_read_kaggle if layout.csv else _read_official)(layout.attr_file)
 
 
 def attribute_columns(root: Path, image_ids) -> pd.DataFrame:
     """Every attribute but ``Male`` of ``image_ids`` (in that order), values 1 / -1 as int8, from
     the attribute file :func:`read_attributes` has already checked: what evaluate slices by."""
     layout = detect_layout(root)
-    if layout.kind == OFFICIAL:  # a header of names, rows one field longer: the id is the index
-        table = pd.read_csv(layout.attr_file, sep=r"\s+", skiprows=1, header=0, encoding="utf-8-sig")
-    else:
+    if layout.csv:
         table = pd.read_csv(layout.attr_file, encoding="utf-8-sig", skipinitialspace=True).set_index(ID_COLUMN)
+    else:  # a header of names, rows one field longer: the id is the index
+        table = pd.read_csv(layout.attr_file, sep=r"\s+", skiprows=1, header=0, encoding="utf-8-sig")
     table.index = table.index.astype(str)
     return table.drop(columns=[LABEL_ATTR]).loc[list(image_ids)].astype("int8")
 
@@ -236,3 +285,102 @@ def identities_of(root: Path, image_ids) -> pd.Series:
         raise PipelineError(f"{layout.identity_file}: no identity for {missing[0]}, listed in "
                             f"{layout.attr_file.name}{more}")
     return pd.Series([mapping[i] for i in ids], dtype="int64", name="identity")
+
+
+# --- the partition file ----------------------------------------------------------------------
+
+class _Partition:
+    """Collects ``image_id, partition`` rows with the checks both formats share."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.first_line: dict[str, int] = {}
+        self.partition: list[int] = []
+
+    def add(self, lineno: int, image_id: str, value: str) -> None:
+        path = self.path
+        if image_id in self.first_line:
+            raise PipelineError(f"{path}:{lineno}: image id {image_id} is listed more than once "
+                                f"(first on line {self.first_line[image_id]})")
+        if value not in PARTITIONS:
+            raise PipelineError(f"{path}:{lineno}: {image_id} has partition {value or '(none)'}, "
+                                "expected 0 (train), 1 (val) or 2 (test)")
+        self.first_line[image_id] = lineno
+        self.partition.append(PARTITIONS.index(value))
+
+    def frame(self) -> pd.DataFrame:
+        if not self.first_line:
+            raise PipelineError(f"{self.path}: partition file lists no images")
+        return pd.DataFrame({"image_id": list(self.first_line), "partition": pd.Series(self.partition, dtype="int8")})
+
+
+def _read_partition_text(path: Path) -> pd.DataFrame:
+    """The authors' ``list_eval_partition.txt``: ``image_id partition`` rows, no header."""
+    rows = _Partition(path)
+    for lineno, line in enumerate(_text_lines(path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise PipelineError(f"{path}:{lineno}: expected 'image_id partition' (0 train, 1 val, 2 test), "
+                                f"got {line.strip()[:60]!r}")
+        rows.add(lineno, fields[0], fields[1])
+    return rows.frame()
+
+
+def _read_partition_csv(path: Path) -> pd.DataFrame:
+    """Kaggle's ``list_eval_partition.csv``: header ``image_id,partition``, comma-separated rows."""
+    header = f"{ID_COLUMN},{PARTITION_COLUMN}"
+    reader = csv.reader(_text_lines(path))
+    rows, header_seen = _Partition(path), False
+    try:
+        for fields in reader:
+            lineno = reader.line_num
+            fields = [f.strip() for f in fields]
+            if not any(fields):
+                continue
+            if not header_seen:
+                if fields != [ID_COLUMN, PARTITION_COLUMN]:
+                    raise PipelineError(f"{path}:{lineno}: expected the header '{header}' (Kaggle's "
+                                        f"{PARTITION_CSV}), got {','.join(fields)[:60]!r}")
+                header_seen = True
+                continue
+            if len(fields) != 2:
+                raise PipelineError(f"{path}:{lineno}: expected '{header}' values (0 train, 1 val, 2 test), "
+                                    f"got {','.join(fields)[:60]!r}")
+            rows.add(lineno, fields[0], fields[1])
+    except csv.Error as exc:
+        raise PipelineError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+    return rows.frame()
+
+
+def read_partition(root: Path) -> pd.DataFrame | None:
+    """``image_id, partition`` rows (0 train, 1 val, 2 test) of the layout's partition file, in
+    file order (``None`` when there is no file). Every row is checked, also those of images the
+    attribute file does not list: a damaged file should not pass because the damage lies
+    outside a subset."""
+    layout = detect_layout(root)
+    if not layout.partition_file.is_file():
+        return None
+    return (_read_partition_csv if layout.csv else _read_partition_text)(layout.partition_file)
+
+
+def partitions_of(root: Path, image_ids) -> pd.Series:
+    """CelebA's partition of each of ``image_ids`` (same order; 0 train, 1 val, 2 test); a one-line
+    error when the partition file is missing or lacks one of them. The file may list more
+    images (all 202,599 beside a subset's attribute file): those are ignored."""
+    layout = detect_layout(root)
+    table = read_partition(root)
+    path = layout.partition_file
+    if table is None:
+        rows = (f"header {ID_COLUMN},{PARTITION_COLUMN}" if layout.csv
+                else f"'{ID_COLUMN} {PARTITION_COLUMN}' rows")
+        raise PipelineError(f"{path}: partition file not found (split.method: official reads CelebA's own "
+                            f"train/val/test partition from it: {rows}, 0 train, 1 val, 2 test)")
+    mapping = dict(zip(table["image_id"], table["partition"]))
+    ids = list(image_ids)
+    missing = [i for i in ids if i not in mapping]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise PipelineError(f"{path}: no partition for {missing[0]}, listed in {layout.attr_file.name}{more}")
+    return pd.Series([mapping[i] for i in ids], dtype="int8", name="partition")
