@@ -195,6 +195,37 @@ def identity_file_missing(root, params):
     (root / "identity_CelebA.txt").unlink()
 
 
+PARTITION = "list_eval_partition.txt"
+
+
+def official_with_partition(lines_of=None):
+    """``split.method: official`` and a partition file for the 40 images (1-6 val, 25-30 test, the
+    rest train: both classes in each), its lines first passed through ``lines_of``."""
+    def breakage(root, params):
+        edit_params(params, {"split.method": "official"})
+        lines = [f"{i:06d}.jpg {1 if i <= 6 else 2 if 25 <= i <= 30 else 0}" for i in range(1, N_IMAGES + 1)]
+        text = "\n".join(lines_of(lines) if lines_of else lines) + "\n"
+        (root / PARTITION).write_bytes(text.encode("utf-8", "surrogateescape"))
+    return breakage
+
+
+def partition_file_missing(root, params):
+    edit_params(params, {"split.method": "official"})
+
+
+def partition_val_of_one_class(root, params):
+    """A partition file whose val part holds two women only."""
+    edit_params(params, {"split.method": "official"})
+    frame = read_attributes(root)
+    women, men = frame[frame["label"] == 0]["image_id"].tolist(), frame[frame["label"] == 1]["image_id"].tolist()
+    part = {**{i: 0 for i in frame["image_id"]}, women[0]: 1, women[1]: 1, women[2]: 2, men[0]: 2}
+    (root / PARTITION).write_text("".join(f"{i} {k}\n" for i, k in part.items()))
+
+
+def _replace(index, line):
+    return lambda lines: lines[:index] + [line] + lines[index + 1:]
+
+
 def params_duplicate_key(root, params):
     params.write_text(params.read_text() + "train:\n  epochs: 5\n")
 
@@ -234,6 +265,23 @@ SPLIT_CASES = [
      ["{root}/identity_CelebA.txt: identity file not found", "split.group_by: identity"]),
     ("22-limit-above-available", params_change({"data.limit": 41}),
      ["params.yaml: data.limit is 41, more than the 40 images listed in {root}/list_attr_celeba.txt"]),
+    ("23-partition-file-missing", partition_file_missing,
+     ["{root}/list_eval_partition.txt: partition file not found", "split.method: official"]),
+    ("24-partition-wrong-field-count", official_with_partition(_replace(4, "000005.jpg 0 1")),
+     ["{root}/list_eval_partition.txt:5: expected 'image_id partition'", "got '000005.jpg 0 1'"]),
+    ("25-partition-3", official_with_partition(_replace(5, "000006.jpg 3")),
+     ["{root}/list_eval_partition.txt:6: 000006.jpg has partition 3, expected 0 (train), 1 (val) or 2 (test)"]),
+    ("26-partition-duplicated-id", official_with_partition(lambda lines: lines + ["000003.jpg 1"]),
+     ["{root}/list_eval_partition.txt:41: image id 000003.jpg is listed more than once (first on line 3)"]),
+    ("27-image-missing-from-partition", official_with_partition(lambda lines: lines[:6] + lines[7:]),
+     ["{root}/list_eval_partition.txt: no partition for 000007.jpg, listed in list_attr_celeba.txt"]),
+    ("28-partition-not-utf8", official_with_partition(_replace(3, "0000\udcff4.jpg 0")),
+     ["{root}/list_eval_partition.txt:4: not a text file", "is not UTF-8"]),
+    ("29-official-with-identity", params_change({"split.method": "official", "split.group_by": "identity"}),
+     ["params.yaml: split.method: official", "split.group_by must be none"]),
+    ("30-partition-one-class-in-val", partition_val_of_one_class,
+     ["{root}/list_eval_partition.txt: partition 1 (val) holds 2 of the listed images, 0 male and 2 female",
+      "split.method: official needs both classes"]),
 ]
 
 
@@ -245,7 +293,19 @@ def test_split_fails_in_one_line_and_keeps_the_earlier_split(project, celeba, br
     breakage(celeba, project)
     proc = run_stage("split", project)
     assert_one_line_error(proc, *(c.format(root=celeba) for c in culprits))
+    assert proc.returncode == 1
     assert split_outputs(project) == before  # byte for byte, and no temp file left behind
+
+
+def test_the_unbroken_partition_file_splits(project, celeba):
+    """The control for cases 24-28: their partition file, unbroken, is the split."""
+    official_with_partition()(celeba, project)
+    proc = run_stage("split", project)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    out = project.parent / "data" / "split"
+    assert {s: read_split(out, s)["image_id"].tolist() for s in ("train", "val", "test")} == {
+        "train": [f"{i:06d}.jpg" for i in [*range(7, 25), *range(31, 41)]],
+        "val": [f"{i:06d}.jpg" for i in range(1, 7)], "test": [f"{i:06d}.jpg" for i in range(25, 31)]}
 
 
 # --- params cases run through the train stage --------------------------------------------

@@ -225,3 +225,142 @@ def test_limit_on_the_real_sample():
     a = limit_subset(f, 1000, seed=42, source=CELEBA_SAMPLE)
     assert len(a) == 1000 and abs(a["label"].sum() - 1000 * 2054 / 4584) <= 1
     assert a.equals(limit_subset(f, 1000, seed=42, source=CELEBA_SAMPLE))
+
+
+# --- split.method: official ---------------------------------------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from helpers.celeba_layouts import archive_from, kaggle_from, write_partition  # noqa: E402
+from helpers.config import REPO, write_params  # noqa: E402
+
+from pipeline.data.celeba import ARCHIVE, detect_layout  # noqa: E402
+from pipeline.stages.split import official_split  # noqa: E402
+
+
+def celeba_with_partition(make_params, n=200, sizes=(130, 37, 33), seed=0, extra=True):
+    """The generated set read as CelebA, with a ``list_eval_partition.txt`` that puts a seeded
+    random ``sizes`` of its images in train / val / test (plus, with ``extra``, rows of images
+    the attribute file does not list, as the authors' file beside a subset); returns the root
+    and the file's assignment of the listed images."""
+    generate_from_params(make_params({"data.synthetic.images": n}))
+    root = make_params().dataset_root()
+    ids = read_attributes(root)["image_id"].tolist()
+    codes = np.random.default_rng(seed).permutation(np.repeat([0, 1, 2], sizes))
+    partition = dict(zip(ids, codes.tolist()))
+    write_partition(root / "list_eval_partition.txt",
+                    {**partition, **({"150001.jpg": 0, "190001.jpg": 1, "200001.jpg": 2} if extra else {})})
+    return root, partition
+
+
+def official_params(make_params, root, **overrides):
+    return make_params({"data.source": "celeba", "data.root": str(root), "data.synthetic.dir": "data/unused",
+                        "split.method": "official", **overrides})
+
+
+def split_ids(params) -> dict[str, set]:
+    return {s: set(read_split(params.path("split.dir"), s)["image_id"]) for s in SPLITS}
+
+
+def file_sets(partition: dict) -> dict[str, set]:
+    return {s: {i for i, p in partition.items() if p == k} for k, s in enumerate(SPLITS)}
+
+
+def test_official_split_is_the_partition_file_as_it_is(make_params):
+    root, partition = celeba_with_partition(make_params)
+    params = official_params(make_params, root)
+    summary = split(params)
+    assert split_ids(params) == file_sets(partition)  # 130 / 37 / 33, not split.fractions' 160 / 20 / 20
+    assert {s: summary[s]["images"] for s in SPLITS} == {"train": 130, "val": 37, "test": 33}
+    assert summary["method"] == "official" and summary["group_by"] == "none" and "limit" not in summary
+    assert json.loads((params.path("split.dir") / "split.json").read_text()) == summary
+    labels = dict(zip(*read_attributes(root).to_dict("list").values()))
+    for s in SPLITS:
+        part = read_split(params.path("split.dir"), s)
+        assert all(labels[i] == y for i, y in zip(part["image_id"], part["label"]))
+        assert summary[s]["male"] == sum(labels[i] for i in file_sets(partition)[s])
+    # the default records its method too
+    assert split(make_params({"data.source": "celeba", "data.root": str(root),
+                              "data.synthetic.dir": "data/unused"}))["method"] == "stratified"
+
+
+def test_official_split_with_a_limit_takes_a_seeded_stratified_share_of_each_part(make_params):
+    root, partition = celeba_with_partition(make_params)
+    sets = file_sets(partition)
+    params = official_params(make_params, root, **{"data.limit": 100})
+    summary = split(params)
+    got = split_ids(params)
+    # 100 x 130/200, 37/200, 33/200 = 65, 18.5, 16.5: rounded down, the one left over to the first
+    # of the two equal remainders
+    assert {s: len(got[s]) for s in SPLITS} == {"train": 65, "val": 19, "test": 16}
+    assert summary["limit"] == {"images": 100, "of": 200}
+    labels = dict(zip(*read_attributes(root).to_dict("list").values()))
+    for s in SPLITS:
+        assert got[s] <= sets[s], s  # each image stays in the part the file puts it in
+        share = sum(labels[i] for i in sets[s]) / len(sets[s])
+        assert abs(sum(labels[i] for i in got[s]) - share * len(got[s])) <= 1, s  # the part's balance kept
+    first = {s: (params.path("split.dir") / f"{s}.csv").read_bytes() for s in SPLITS}
+    split(params)
+    assert {s: (params.path("split.dir") / f"{s}.csv").read_bytes() for s in SPLITS} == first  # seeded
+    other = official_params(make_params, root, **{"data.limit": 100, "base.seed": 7})
+    split(other)
+    assert split_ids(other) != got and all(split_ids(other)[s] <= sets[s] for s in SPLITS)
+
+
+def test_official_split_from_kaggles_csv(make_params, tmp_path):
+    root, partition = celeba_with_partition(make_params)
+    kaggle = kaggle_from(root, tmp_path / "kaggle")
+    write_partition(kaggle / "list_eval_partition.csv", partition, csv=True)
+    params = official_params(make_params, kaggle)
+    summary = split(params)
+    assert summary["layout"] == "kaggle" and split_ids(params) == file_sets(partition)
+
+
+def test_official_split_needs_both_classes_in_each_part():
+    f = frame(40, 0.5)  # 000001-000020 male, the rest female
+    partition = pd.Series([0] * 20 + [1] * 2 + [0] * 14 + [2] * 4)  # val: two women only
+    with pytest.raises(PipelineError) as exc:
+        official_split(f, partition, "Eval/list_eval_partition.txt")
+    assert str(exc.value) == ("Eval/list_eval_partition.txt: partition 1 (val) holds 2 of the listed images, 0 male "
+                              "and 2 female; split.method: official needs both classes in train, val and test")
+    parts = official_split(f, pd.Series([0] * 16 + [1, 2] * 2 + [0] * 16 + [1, 2] * 2), "p")
+    assert {s: len(parts[s]) for s in SPLITS} == {"train": 32, "val": 4, "test": 4}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"split.method": "official", "split.group_by": "identity"},
+     "params.yaml: split.method: official takes CelebA's own partition as it is, so split.group_by must be none "
+     "(identity applies to split.method: stratified)"),
+    ({"split.method": "celeba"}, "params.yaml: split.method must be one of stratified, official, got 'celeba'"),
+    ({"split.method": None}, "params.yaml: split.method must be one of stratified, official, got None"),
+])
+def test_split_method_is_checked(make_params, overrides, message):
+    with pytest.raises(PipelineError) as exc:
+        make_params(overrides)
+    assert str(exc.value) == message
+
+
+@needs_sample
+def test_real_sample_in_the_archive_layout_split_by_its_partition_file(tmp_path):
+    """600 rows of the real sample in the authors' archive layout, the partition file written in
+    CelebA's proportions (the sample's ids all lie in CelebA's own train part), split by
+    ``python -m pipeline split`` as dvc.yaml runs it."""
+    ids = read_attributes(CELEBA_SAMPLE)["image_id"].tolist()[:600]
+    partition = dict(zip(ids, np.random.default_rng(3).permutation(np.repeat([0, 1, 2], [480, 60, 60])).tolist()))
+    archive = archive_from(CELEBA_SAMPLE, tmp_path / "archive", 600, partition=partition)
+    assert detect_layout(archive).kind == ARCHIVE
+    project = tmp_path / "project"
+    project.mkdir()
+    params = write_params(project, {"data.source": "celeba", "data.root": str(archive), "split.method": "official"})
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_DEBUG")}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "split", "--params", str(params)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = project / "data" / "split"
+    assert {s: set(read_split(out, s)["image_id"]) for s in SPLITS} == file_sets(partition)
+    summary = json.loads((out / "split.json").read_text())
+    assert (summary["layout"], summary["method"]) == ("archive", "official")
+    labels = dict(zip(*read_attributes(CELEBA_SAMPLE).to_dict("list").values()))
+    assert summary["test"]["male"] == sum(labels[i] for i in file_sets(partition)["test"])

@@ -12,6 +12,7 @@ STRATEGIES = ("head_only", "last_block")
 AMP_MODES = ("auto", "none", "bf16")
 FROZEN_FEATURES = ("auto", "cache", "recompute")  # train.frozen_features
 GROUP_BY = ("none", "identity")  # split.group_by
+SPLIT_METHODS = ("stratified", "official")  # split.method (pipeline/stages/split.py)
 CHAMPION_DTYPES = ("float16", "float32", "bfloat16")  # select.champion_dtype (pipeline/tracking/served_model.py DTYPES)
 PROMOTE_RULES = ("better", "significant", "always")  # select.promote (pipeline/promote.py)
 LIMIT_MIN = 20  # data.limit: the fewest images a stratified 80/10/10 split can take
@@ -105,7 +106,13 @@ def _validate_data(p, check: _Checks) -> None:
 
 
 def _validate_split(p, check: _Checks) -> None:
+    check.choice("split.method", SPLIT_METHODS)
     check.choice("split.group_by", GROUP_BY)
+    # the official partition is the authors' and is taken as it is; regrouping it would make a
+    # split of our own that results could no longer be compared with the literature's on
+    check(not (p.get("split.method") == "official" and p.get("split.group_by") == "identity"),
+          "split.method: official takes CelebA's own partition as it is, so split.group_by must be none "
+          "(identity applies to split.method: stratified)")
     fr = p.get("split.fractions")
     check(isinstance(fr, dict) and set(fr) == {"train", "val", "test"},
           f"split.fractions must have exactly the keys train, val, test, got {_got(fr)}")

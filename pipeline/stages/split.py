@@ -1,19 +1,23 @@
-"""Stage ``split``: read the attribute file, make a seeded stratified train/val/test split.
+"""Stage ``split``: read the attribute file, make a seeded stratified train/val/test split, or take
+CelebA's own.
 
 Usage::
 
     python -m pipeline split [--params params.yaml]
 
-It reads the CelebA-layout folder ``data.root`` (official or Kaggle layout, see
-:func:`pipeline.data.celeba.detect_layout`): with ``data.source: synthetic`` the embedded default set
-that the generate stage wrote (:mod:`pipeline.data.synthetic`), with ``celeba`` real CelebA.
-``data.limit: N`` first keeps a seeded stratified subset of N images. ``split.group_by: none``
-splits images (stratified by class); ``identity`` splits people (see :func:`identity_split`).
+It reads the CelebA-layout folder ``data.root`` (official, the authors' archive or Kaggle layout,
+see :func:`pipeline.data.celeba.detect_layout`): with ``data.source: synthetic`` the embedded
+default set that the generate stage wrote (:mod:`pipeline.data.synthetic`), with ``celeba`` real
+CelebA. ``split.method: stratified`` makes the split: ``data.limit: N`` first keeps a seeded
+stratified subset of N images; ``split.group_by: none`` splits images (stratified by class),
+``identity`` splits people (see :func:`identity_split`). ``split.method: official`` takes the
+partition file's train/val/test as they are (see :func:`official_split`), ``data.limit: N`` a
+seeded stratified subset of each.
 Writes ``train.csv``, ``val.csv``, ``test.csv`` (``image_id,label``; label 1 = male),
 ``test_attributes.csv`` (the test images' other attributes, 1 / -1: what evaluate slices by),
 ``manifest.csv`` (every image's split, size and content hash: :mod:`pipeline.data.manifest`) and
-``split.json`` (class counts, group_by; for identity, identities per split and their overlap)
-to ``split.dir``.
+``split.json`` (class counts, method, group_by; with an identity file, identities per split and
+their overlap) to ``split.dir``.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from pipeline.data.celeba import (
     attribute_columns,
     detect_layout,
     identities_of,
+    partitions_of,
     read_attributes,
 )
 from pipeline.data.dataset import CLASS_NAMES, SPLIT_SUMMARY, TEST_ATTRIBUTES
@@ -47,10 +52,13 @@ def _class_counts(frame: pd.DataFrame, source) -> tuple[dict, str]:
     return counts, f"{source}: only {counts[smallest]} images of class {CLASS_NAMES[smallest]}"
 
 
-def _check_parts(parts: dict[str, pd.DataFrame], few: str) -> dict[str, pd.DataFrame]:
+def _check_parts(parts: dict[str, pd.DataFrame], few: str, why=None) -> dict[str, pd.DataFrame]:
+    """``parts`` sorted by id, once each holds both classes (a split of one class has no accuracy
+    to select or evaluate by); else the error ``few`` begins, or ``why(name, part)`` makes."""
     for name in SPLITS:
         if parts[name]["label"].nunique() < 2:
-            raise PipelineError(f"{few}, too few to put one of each class into {name} by split.fractions "
+            raise PipelineError(why(name, parts[name]) if why else
+                                f"{few}, too few to put one of each class into {name} by split.fractions "
                                 f"({len(parts[name])} images there)")
     return {name: parts[name].sort_values("image_id").reset_index(drop=True) for name in SPLITS}
 
@@ -117,14 +125,52 @@ def identity_split(frame: pd.DataFrame, identity: pd.Series, fractions: dict, se
     return _check_parts({name: frame[where == k] for k, name in enumerate(SPLITS)}, few)
 
 
+def official_split(frame: pd.DataFrame, partition: pd.Series, source: str | Path, limit: int | None = None,
+                   seed: int = 0, listed_in: str | Path = ATTR_FILE,
+                   params_name: str = "params.yaml") -> dict[str, pd.DataFrame]:
+    """CelebA's own partition of ``frame``, as it is: partition 0 is train, 1 val, 2 test
+    (``partition``: one value per row of ``frame``, read from ``source``, the partition file).
+    It is what the literature reports on (162,770 / 19,867 / 19,962 images; by the authors'
+    account 8,000 / 1,000 / 1,000 people, no one in two parts, so ``identity_overlap`` in
+    ``split.json`` says whether that holds for the images at hand). No class balance is imposed,
+    but each part must hold both classes.
+
+    ``limit`` (``data.limit``): a seeded stratified subset of each part (:func:`limit_subset`),
+    ``limit`` images in all, shared in proportion to the parts' sizes (rounded down, the images
+    left over going to the largest remainders, ties in train, val, test order): a 30,000-image
+    run keeps the official proportions, and every image stays in the part the authors put it in.
+    ``listed_in``: the attribute file, for the messages."""
+    codes = partition.to_numpy()
+    parts = {name: frame[codes == k] for k, name in enumerate(SPLITS)}
+    of = "the listed images"
+    if limit is not None:
+        sizes = np.array([len(parts[name]) for name in SPLITS])
+        _check_limit(limit, int(sizes.sum()), listed_in, params_name)
+        exact = limit * sizes / sizes.sum()
+        take = np.floor(exact).astype(int)
+        for k in np.argsort(-(exact - take), kind="stable")[:limit - int(take.sum())]:
+            take[k] += 1
+        parts = {name: limit_subset(parts[name], int(n), seed, f"{source} ({name})", params_name)
+                 for name, n in zip(SPLITS, take)}
+        of = f"the data.limit subset of {limit}"
+    return _check_parts(parts, "", why=lambda name, part: (
+        f"{source}: partition {SPLITS.index(name)} ({name}) holds {len(part)} of {of}, "
+        f"{int(part['label'].sum())} male and {int((part['label'] == 0).sum())} female; split.method: official "
+        "needs both classes in train, val and test"))
+
+
+def _check_limit(limit: int, available: int, source: str | Path, params_name: str) -> None:
+    if limit > available:
+        raise PipelineError(f"{params_name}: data.limit is {limit}, more than the {available} images "
+                            f"listed in {source}")
+
+
 def limit_subset(frame: pd.DataFrame, limit: int, seed: int, source: str | Path,
                  params_name: str = "params.yaml") -> pd.DataFrame:
     """A seeded subset of ``limit`` rows with the class balance of ``frame`` (sorted by id)."""
     from sklearn.model_selection import train_test_split
 
-    if limit > len(frame):
-        raise PipelineError(f"{params_name}: data.limit is {limit}, more than the {len(frame)} images "
-                            f"listed in {source}")
+    _check_limit(limit, len(frame), source, params_name)
     frame = frame.sort_values("image_id").reset_index(drop=True)  # the subset does not depend on row order
     if limit == len(frame):
         return frame
@@ -148,7 +194,16 @@ def split(params: Params, log=None) -> dict:
         summary["layout"] = layout.kind
     frame = read_attributes(root)
     limit = params.get("data.limit")
-    if limit is not None:
+    method = params.get("split.method")
+    summary["method"] = method
+    official = None
+    if method == "official":  # split here, before the images are checked: a bad partition fails fast
+        if limit is not None:
+            summary["limit"] = {"images": int(limit), "of": len(frame)}
+        official = official_split(frame, partitions_of(root, frame["image_id"]), layout.partition_file,
+                                  None if limit is None else int(limit), seed, layout.attr_file, params.name)
+        frame = pd.concat([official[name] for name in SPLITS], ignore_index=True)
+    elif limit is not None:
         summary["limit"] = {"images": int(limit), "of": len(frame)}
         frame = limit_subset(frame, int(limit), seed, layout.attr_file, params.name)
     group_by = params.get("split.group_by")
@@ -166,7 +221,9 @@ def split(params: Params, log=None) -> dict:
     if log is not None:
         log(f"split: checked and hashed {len(scanned)} images in {time.perf_counter() - started:.1f} s")
     fractions = params.get("split.fractions")
-    if group_by == "identity":
+    if official is not None:
+        parts = official
+    elif group_by == "identity":
         parts = identity_split(frame, identity, fractions, seed, layout.attr_file)
     else:
         parts = stratified_split(frame, fractions, seed, layout.attr_file)
