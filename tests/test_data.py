@@ -257,12 +257,8 @@ import pathlib  # noqa: E402
 
 from helpers.celeba_layouts import archive_from, partition_blocks, write_partition  # noqa: E402
 
-from pipeline.data.celeba import (  # noqa: E402
-    ARCHIVE,
-    partition_file,
-    partitions_of,
-    read_partition,
-)
+from pipeline.data.celeba import ARCHIVE, partition_file  # noqa: E402
+from pipeline.data.partition import partitions_of, read_partition  # noqa: E402
 
 
 def test_the_archive_layout_is_detected_and_reads_like_the_official_one(tmp_path):

@@ -37,11 +37,11 @@ from pipeline.data.celeba import (
     attribute_columns,
     detect_layout,
     identities_of,
-    partitions_of,
     read_attributes,
 )
 from pipeline.data.dataset import CLASS_NAMES, SPLIT_SUMMARY, TEST_ATTRIBUTES
 from pipeline.data.images import scan
+from pipeline.data.partition import partitions_of
 
 SPLITS = ("train", "val", "test")
 
@@ -185,6 +185,7 @@ def limit_subset(frame: pd.DataFrame, limit: int, seed: int, source: str | Path,
 def split(params: Params, log=None) -> dict:
     """Read and check the data set, then write the split. Every check comes before the first
     write, so bad data leaves the previous split files as they were."""
+    params.require_weights()  # what train will need, known now: fail before the folder is read
     seed = int(params.get("base.seed"))
     out = params.path("split.dir")
     summary: dict = {"source": params.get("data.source")}
