@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import subprocess
+import re
 import sys
 from pathlib import Path
 
@@ -279,6 +280,11 @@ SPLIT_CASES = [
      ["{root}/list_eval_partition.txt:4: not a text file", "is not UTF-8"]),
     ("29-official-with-identity", params_change({"split.method": "official", "split.group_by": "identity"}),
      ["params.yaml: split.method: official", "split.group_by must be none"]),
+    ("31-imagenet-weights-missing", params_change({"model.weights": "imagenet"}),
+     ["model.weights=imagenet: vgg16-397923af.pth is not in the torch cache; place it at",
+      "/hub/checkpoints/vgg16-397923af.pth (from https://download.pytorch.org/models/vgg16-397923af.pth"]),
+    ("32-weights-file-missing", params_change({"model.weights": "/no/such/vgg16.pt"}),
+     ["model.weights: /no/such/vgg16.pt not found"]),
     ("30-partition-one-class-in-val", partition_val_of_one_class,
      ["{root}/list_eval_partition.txt: partition 1 (val) holds 2 of the listed images, 0 male and 2 female",
       "split.method: official needs both classes"]),
@@ -565,20 +571,48 @@ def test_an_empty_data_root_is_one_line_and_leaves_the_split(make_params, tmp_pa
     write_params(tmp_path, {"data.source": "celeba", "data.root": str(tmp_path / "empty")})
     proc = run_stage("split", tmp_path / "params.yaml")
     assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr == f"error: data.root: {tmp_path}/empty is empty (params.yaml data.root must be the CelebA " \
-                          "folder that holds img_align_celeba/ and list_attr_celeba.txt, or Kaggle's list_attr_celeba.csv)\n"
+    assert proc.stderr == f"error: data.root: {tmp_path}/empty is empty (params.yaml data.root must be a CelebA " \
+                          "folder: img_align_celeba/ and list_attr_celeba.txt, the authors' Anno/ and Img/, or Kaggle's " \
+                          "list_attr_celeba.csv)\n"
     assert split_outputs(tmp_path / "params.yaml") == before
 
 
 def test_the_generated_set_never_overlaps_a_celeba_root(tmp_path):
     """The generate stage replaces data.synthetic.dir, so it may not be, hold or sit in data.root."""
+    celeba = str(tmp_path / "data" / "celeba")
     for generated in ("data/celeba", "data", "data/celeba/gen"):
-        path = write_params(tmp_path, {"data.source": "celeba", "data.root": "data/celeba",
-                                       "data.synthetic.dir": generated})
-        with pytest.raises(PipelineError, match=rf"^params.yaml: data.root \(data/celeba\) and data.synthetic.dir "
+        path = write_params(tmp_path, {"data.source": "celeba", "data.root": celeba, "data.synthetic.dir": generated})
+        with pytest.raises(PipelineError, match=rf"^params.yaml: data.root \({re.escape(celeba)}\) and data.synthetic.dir "
                                                 rf"\({generated}\) must not overlap"):
             load_params(path)
     path = write_params(tmp_path, {"data.root": "data/other"})  # synthetic: root is the generated set
     with pytest.raises(PipelineError, match=r"^params.yaml: data.root must be data.synthetic.dir \(data/synthetic\) "
                                             r"when data.source is synthetic, got 'data/other'"):
         load_params(path)
+
+
+def test_a_relative_celeba_root_is_refused_in_one_line(tmp_path):
+    """A queued or temporary ``dvc exp run`` works in a copy elsewhere, which DVC fills with
+    tracked files only: a relative data.root (inside the repo or beside it) points at nothing
+    there, and DVC itself would fail before any stage with a path in its temporary folder."""
+    for given in ("data/celeba", "../celeba"):
+        path = write_params(tmp_path, {"data.source": "celeba", "data.root": given})
+        with pytest.raises(PipelineError, match=rf"^params.yaml: data.root must be an absolute path for data.source "
+                                                rf"celeba, got '{re.escape(given)}': a queued or temporary dvc exp run"):
+            load_params(path)
+
+
+def test_the_readmes_error_lines_are_what_the_code_says(celeba, tmp_path):
+    """The README quotes error lines; each must be the code's own, word for word (the folder
+    /data/celeba standing for the user's)."""
+    text = (REPO / "README.md").read_text()
+    quoted = [line.strip() for line in text[text.index("## When something goes wrong"):].splitlines()
+              if line.strip().startswith("error: ")]
+    assert len(quoted) == 2, quoted
+    label_outside(celeba, None)
+    with pytest.raises(PipelineError) as male:
+        read_attributes(celeba)
+    params = write_params(tmp_path, {f"{V}.lr": -0.001})
+    with pytest.raises(PipelineError) as lr:
+        load_params(params)
+    assert quoted == [f"error: {male.value}".replace(str(celeba), "/data/celeba"), f"error: {lr.value}"]

@@ -1,12 +1,14 @@
 """VGG-16 surgery: base weights, which parameters train, trainable-only checkpoints."""
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.models import vgg16
 
 from pipeline.core.cli import PipelineError
+from pipeline.core.weights import IMAGENET_WEIGHTS_URL, imagenet_weights_file
 from pipeline.training.model import (
     build_model,
-    imagenet_cache_file,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
@@ -62,8 +64,19 @@ def test_none_is_seeded_variance_preserving():
 
 
 def test_imagenet_reads_the_torch_cache(fake_vgg_state, monkeypatch, tmp_path):
+    from torchvision.models import VGG16_Weights
+
+    assert IMAGENET_WEIGHTS_URL == VGG16_Weights.IMAGENET1K_V1.url
+    monkeypatch.delenv("TORCH_HOME")
+    for xdg in (None, str(tmp_path / "xdg")):  # found as torch finds it, without importing torch
+        if xdg is None:
+            monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        else:
+            monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+        assert imagenet_weights_file() == Path(torch.hub.get_dir()) / "checkpoints" / "vgg16-397923af.pth"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    cache = imagenet_cache_file()
+    cache = imagenet_weights_file()
+    assert cache == Path(torch.hub.get_dir()) / "checkpoints" / "vgg16-397923af.pth"
     assert cache == tmp_path / "th" / "hub" / "checkpoints" / "vgg16-397923af.pth"
     with pytest.raises(PipelineError, match=f"place it at {cache}"):
         build_model("imagenet", 0)

@@ -21,6 +21,10 @@ import yaml
 from pipeline.core import deps
 from pipeline.core.cli import PipelineError, one_line
 from pipeline.core.schema import validate
+from pipeline.core.weights import imagenet_weights_file, missing_weights
+
+AUTO = "auto"
+REGISTERED_MODEL_PREFIX = "gender-vgg16"  # base.mlflow.registered_model: auto -> gender-vgg16-<data.source>
 
 
 class Params:
@@ -57,6 +61,14 @@ class Params:
         p = Path(os.path.expanduser(str(self.get(dotted))))
         return p if p.is_absolute() else self.shared_root() / p
 
+    def require_weights(self) -> None:
+        """The file ``model.weights`` names is there (``imagenet``: in the torch cache): split checks it
+        first, so a missing file fails in a second, not in train after the folder was hashed."""
+        weights = str(self.get("model.weights"))
+        path = None if weights == "none" else imagenet_weights_file() if weights == "imagenet" else Path(self.weights())
+        if path is not None and not path.is_file():
+            raise PipelineError(missing_weights(path, self.get("model.weights") == "imagenet"))
+
     def weights(self) -> str:
         """``model.weights``: ``none``, ``imagenet`` or a state-dict path made absolute (the one
         place it is resolved: checkpoints and cache keys outlive the working directory)."""
@@ -87,8 +99,8 @@ class Params:
         if self.get("data.source") == "synthetic":
             hint = "the generated set: run the generate stage first (dvc repro generate)"
         else:
-            hint = (f"{self.name} data.root must be the CelebA folder that holds img_align_celeba/ and "
-                    "list_attr_celeba.txt, or Kaggle's list_attr_celeba.csv")
+            hint = (f"{self.name} data.root must be a CelebA folder: img_align_celeba/ and list_attr_celeba.txt, "
+                    "the authors' Anno/ and Img/, or Kaggle's list_attr_celeba.csv")
         if not root.is_dir():
             what = "is not a folder" if root.exists() else "not found"
             raise PipelineError(f"data.root: {root} {what} ({hint})")
@@ -116,7 +128,13 @@ class Params:
 
         return MlflowConfig(uri=tracking_uri(self), experiment=self.get("base.mlflow.experiment"),
                             artifact_root=self.shared_path("base.mlflow.artifact_root"),
-                            registered_model=self.get("base.mlflow.registered_model"))
+                            registered_model=self.registered_model())
+
+    def registered_model(self) -> str:
+        """``base.mlflow.registered_model``; ``auto``: ``gender-vgg16-<data.source>``, one per data set,
+        so the synthetic default and a real CelebA folder never share a champion."""
+        name = str(self.get("base.mlflow.registered_model"))
+        return f"{REGISTERED_MODEL_PREFIX}-{self.get('data.source')}" if name == AUTO else name
 
     def resolved(self) -> dict:
         """A plain copy of the whole config, for checkpoints and MLflow."""

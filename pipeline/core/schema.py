@@ -3,6 +3,7 @@ runs on every key a stage reads (one line per mistake, naming the key)."""
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any
 
@@ -67,6 +68,8 @@ def validate(p) -> None:
     """Cheap checks of the knobs, so a bad value fails before any work is done."""
     check = _Checks(p)
     check.integer("base.seed", 0)
+    check.text("base.mlflow.experiment")
+    check.text("base.mlflow.registered_model")  # auto or a name (pipeline/core/config.py)
     _validate_data(p, check)
     _validate_split(p, check)
     _validate_train(p, check)
@@ -87,6 +90,11 @@ def _validate_data(p, check: _Checks) -> None:
     check.text("data.synthetic.dir")
     root, generated = p.path("data.root").resolve(), p.path("data.synthetic.dir").resolve()
     if source == "celeba":
+        given = str(p.get("data.root"))
+        check(os.path.isabs(given),
+              f"data.root must be an absolute path for data.source celeba, got {given!r}: a queued or temporary "
+              "dvc exp run works in a copy of the project elsewhere, where a relative path points at nothing "
+              "(write it as /path/to/celeba)")
         # the generate stage replaces data.synthetic.dir: it must never be, hold or sit in the CelebA folder
         check(not (root == generated or root in generated.parents or generated in root.parents),
               f"data.root ({p.get('data.root')}) and data.synthetic.dir ({p.get('data.synthetic.dir')}) must "

@@ -66,9 +66,9 @@ def weights_id(cfg: TrainConfig) -> str:
     the weights file (not its path: the same file in another checkout is the same key)."""
     if cfg.weights == "none":
         return f"none:seed={cfg.seed}"
-    from pipeline.training.model import imagenet_cache_file
+    from pipeline.core.weights import imagenet_weights_file
 
-    path = imagenet_cache_file() if cfg.weights == "imagenet" else Path(cfg.weights)
+    path = imagenet_weights_file() if cfg.weights == "imagenet" else Path(cfg.weights)
     if not path.is_file():
         return f"missing:{path}"  # build_model reports it
     h = hashlib.blake2b(digest_size=16)

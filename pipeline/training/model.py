@@ -20,17 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import VGG16_Weights, vgg16
+from torchvision.models import vgg16
 
 from pipeline.core.cli import PipelineError
+from pipeline.core.weights import imagenet_weights_file, missing_weights
 
 # conv5_1, conv5_2, conv5_3 in vgg16().features
 LAST_BLOCK = (24, 26, 28)
-
-
-def imagenet_cache_file() -> Path:
-    url = VGG16_Weights.IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
 def _variance_preserving_init(model: nn.Module, seed: int) -> None:
@@ -76,17 +72,16 @@ def build_model(weights: str, seed: int, root: Path | None = None) -> nn.Module:
     if weights == "none":
         _variance_preserving_init(model, seed)
     elif weights == "imagenet":
-        cache = imagenet_cache_file()
+        cache = imagenet_weights_file()
         if not cache.is_file():
-            raise PipelineError(f"model.weights=imagenet: {cache.name} is not in the torch cache; "
-                                f"place it at {cache} (from {VGG16_Weights.IMAGENET1K_V1.url})")
+            raise PipelineError(missing_weights(cache, imagenet=True))
         _load_state_dict(model, cache, "ImageNet weights")
     else:
         path = Path(weights).expanduser()
         if not path.is_absolute() and root is not None:
             path = Path(root) / path
         if not path.is_file():
-            raise PipelineError(f"model.weights: {path} not found (use imagenet, none or a state-dict file)")
+            raise PipelineError(missing_weights(path, imagenet=False))
         _load_state_dict(model, path, "model.weights")
     head = nn.Linear(4096, 1)
     g = torch.Generator().manual_seed(seed + 1)
