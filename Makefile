@@ -80,7 +80,7 @@ celeba-sample: setup
 	uri="$$(python -m pipeline store)" && MLFLOW_TRACKING_URI="$$uri" \
 	dvc exp run --temp --force --name celeba-sample \
 	    -S data.source=celeba -S 'data.root=$(abspath $(CELEBA_SAMPLE))' -S split.group_by=identity \
-	    -S base.mlflow.experiment=celeba-sample -S base.mlflow.registered_model=celeba-gender-vgg16-sample \
+	    -S base.mlflow.experiment=celeba-sample -S base.mlflow.registered_model=gender-vgg16-celeba-sample \
 	    -S 'base.mlflow.artifact_root=$(CURDIR)/mlartifacts' $(CELEBA_SAMPLE_ARGS)
 	dvc exp show --md --drop '.*' --keep 'Experiment|.*best_val_acc|accuracy|split.group_by|data.root'
 

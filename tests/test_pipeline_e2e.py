@@ -115,7 +115,7 @@ def test_best_json_is_the_argmax_from_mlflow_and_registered(project):
     best = json.loads((root / "models" / "best.json").read_text())
     assert best["run_id"] == expected.info.run_id and best["variant"] == expected.info.run_name
     assert best["best_val_acc"] == expected.data.metrics["best_val_acc"]
-    version = client.get_model_version_by_alias("celeba-gender-vgg16", "champion")
+    version = client.get_model_version_by_alias("gender-vgg16-synthetic", "champion")
     assert int(version.version) == best["version"] and version.run_id == best["run_id"]
 
 
@@ -182,10 +182,10 @@ def test_evaluate_tells_the_whole_truth_intervals_calibration_slices_and_a_model
     for name in ("roc", "pr", "calibration"):
         assert len(pd.read_csv(root / "metrics" / f"{name}.csv")) > 0, name
     best = json.loads((root / "models" / "best.json").read_text())
-    version = client.get_model_version("celeba-gender-vgg16", str(best["version"]))
+    version = client.get_model_version("gender-vgg16-synthetic", str(best["version"]))
     card = artifact("model_card.md")
-    assert version.description == card == client.get_registered_model("celeba-gender-vgg16").description
-    assert card.startswith(f"# Model card: celeba-gender-vgg16 v{best['version']}")
+    assert version.description == card == client.get_registered_model("gender-vgg16-synthetic").description
+    assert card.startswith(f"# Model card: gender-vgg16-synthetic v{best['version']}")
     assert "| test | 20 |" in card and f"{best['variant']}" in card and "## Ethical considerations" in card
 
 
@@ -247,8 +247,8 @@ def test_code_only_change_retrains_to_identical_metrics_and_keeps_the_champion(o
     assert after["run_id"] != before["run_id"] and after["version"] == before["version"] + 1
     assert (after["champion"], after["promoted"]) == (before["version"], False)  # a tie keeps the champion
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    assert int(client.get_model_version_by_alias("celeba-gender-vgg16", "champion").version) == before["version"]
-    assert int(client.get_model_version_by_alias("celeba-gender-vgg16", "challenger").version) == after["version"]
+    assert int(client.get_model_version_by_alias("gender-vgg16-synthetic", "champion").version) == before["version"]
+    assert int(client.get_model_version_by_alias("gender-vgg16-synthetic", "challenger").version) == after["version"]
     assert sorted(p.relative_to(root) for p in (root / "metrics").rglob("*") if p.is_file()) == files
     promotion = ("promoted", "decision", "champion", "challenger", "vs_champion")
     for rel in files:
@@ -266,7 +266,7 @@ def test_code_only_change_retrains_to_identical_metrics_and_keeps_the_champion(o
 def aliases(root: Path) -> tuple[int, int]:
     """(champion, challenger) versions of the registered model in ``root``'s store."""
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    return tuple(int(client.get_model_version_by_alias("celeba-gender-vgg16", a).version)
+    return tuple(int(client.get_model_version_by_alias("gender-vgg16-synthetic", a).version)
                  for a in ("champion", "challenger"))
 
 
@@ -282,7 +282,7 @@ def test_experiments_move_the_challenger_and_only_a_better_model_becomes_champio
     assert aliases(root) == (1, 2) and (sel["promoted"], sel["decision"], sel["champion"]) == (False, "not_better", 1)
     vs = sel["vs_champion"]
     assert vs["challenger_acc"] <= vs["champion_acc"] and vs["only_challenger"] <= vs["only_champion"], vs
-    assert re.search(r"select: celeba-gender-vgg16 v2 @challenger; champion v1 kept: v2 gets \d+ of \d+ "
+    assert re.search(r"select: gender-vgg16-synthetic v2 @challenger; champion v1 kept: v2 gets \d+ of \d+ "
                      r"validation images right, v1 \d+", out), out
 
     out = sh(["dvc", "exp", "run", "-S", "train.epochs=4"], root).stdout
@@ -292,7 +292,7 @@ def test_experiments_move_the_challenger_and_only_a_better_model_becomes_champio
     assert vs["challenger_acc"] > vs["champion_acc"] and vs["only_challenger"] > vs["only_champion"], vs
     assert "v3 promoted: v3 gets" in out
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    version = client.get_model_version("celeba-gender-vgg16", "3")
+    version = client.get_model_version("gender-vgg16-synthetic", "3")
     assert (version.tags["promoted"], version.tags["decision"], version.tags["champion_before"]) == ("True", "better", "1")
     # each run says which DVC experiment it belongs to, in a tag (to group the runs table by) and its name
     name = re.search(r"Reproducing experiment '([^']+)'", out).group(1)
@@ -535,8 +535,8 @@ def test_browser_mlflow_ui_lists_the_runs_and_dvc_plots_holds_the_charts(project
                          rf'href="#/experiments/{exp_id}/runs/{best["run_id"]}">{re.escape(best["variant"])}</a>', dom, re.S)
 
         # the registered model's page: its description is the champion's model card
-        title = f"Model card: celeba-gender-vgg16 v{best['version']}"
-        dom = _browse(f"{base}/#/models/celeba-gender-vgg16", tmp_path / "mlflow_model.png", tmp_path,
+        title = f"Model card: gender-vgg16-synthetic v{best['version']}"
+        dom = _browse(f"{base}/#/models/gender-vgg16-synthetic", tmp_path / "mlflow_model.png", tmp_path,
                       lambda d: title in d)
         assert title in dom and "Intended use" in dom and "Ethical considerations" in dom
 

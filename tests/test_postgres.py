@@ -34,6 +34,8 @@ from helpers.projects import (
     wait_for_queue,
 )
 
+from pipeline.core.config import load_params
+
 POSTGRES_URI = os.environ.get("MLFLOW_TEST_POSTGRES_URI", "")
 pytestmark = [
     pytest.mark.slow,
@@ -149,7 +151,7 @@ def test_two_machines_share_one_server_and_a_third_folder_loads_the_champion(tmp
     server, uri = start_server(store_uri(postgres_db), shared, log, server_dir)
     clones = {name: new_project(tmp_path / name, SHARED_CONFIG) for name in ("alice", "bob")}
     raw = yaml.safe_load((clones["alice"] / "params.yaml").read_text())
-    experiment, name = raw["base"]["mlflow"]["experiment"], raw["base"]["mlflow"]["registered_model"]
+    experiment, name = raw["base"]["mlflow"]["experiment"], load_params(clones["alice"] / "params.yaml").registered_model()
     alias = raw["select"]["alias"]
     search = "/api/2.0/mlflow/experiments/search?max_results=10"
     try:

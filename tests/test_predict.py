@@ -32,7 +32,7 @@ def project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def champion(project):
     """``(uri, pyfunc model)``: the registry's champion as MLflow itself loads it."""
-    uri = f"models:/{project.get('base.mlflow.registered_model')}@{project.get('select.alias')}"
+    uri = f"models:/{project.registered_model()}@{project.get('select.alias')}"
     runs.use_store(config.store_uri(project))  # the project's own store, whatever the environment holds
     return uri, mlflow.pyfunc.load_model(uri)
 
@@ -56,7 +56,7 @@ def test_registered_model_is_the_whole_network_and_takes_raw_images(project, cha
     info = mlflow.models.get_model_info(uri)
     assert info.name == "champion" and info.model_uri.startswith("models:/m-")  # logged by select
     client = MlflowClient(config.store_uri(project))
-    version = client.get_model_version_by_alias(project.get("base.mlflow.registered_model"), "champion")
+    version = client.get_model_version_by_alias(project.registered_model(), "champion")
     assert version.source == info.model_uri  # the version registered from that logged model
     sig = info.signature
     assert not sig.inputs.is_tensor_spec() and not sig.outputs.is_tensor_spec()
@@ -127,6 +127,20 @@ def test_mlflow_evaluate_runs_on_the_champion_as_a_classifier(project, champion,
     assert "confusion_matrix" in " ".join(result.artifacts)
 
 
+def answering(project) -> str:
+    """What predict says first on stderr: the champion of the project's data set, with the
+    validation score select tagged it with."""
+    client = MlflowClient(project.mlflow_config().uri)
+    name = project.mlflow_config().registered_model
+    assert name == f"gender-vgg16-{project.get('data.source')}" == "gender-vgg16-synthetic"
+    version = client.get_model_version_by_alias(name, "champion")
+    with open(project.path("select.output")) as f:
+        best = json.load(f)
+    low, high = best["ci95"]
+    return (f"predict: answering with {name} v{version.version} @champion (data set synthetic; validation accuracy "
+            f"{best['best_val_acc']:.4f} 95 % CI [{low:.3f}, {high:.3f}] on {best['n_val']} images)")
+
+
 def test_predict_prints_each_image_and_one_error_per_bad_input(project, champion, faces, tmp_path):
     folder, images = faces
     missing = tmp_path / "missing.jpg"
@@ -135,7 +149,7 @@ def test_predict_prints_each_image_and_one_error_per_bad_input(project, champion
     proc = run_predict(project, folder, missing, fake)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.splitlines() == [f"error: {missing}: not found",
+    assert proc.stderr.splitlines() == [f"error: {missing}: not found", answering(project),  # before the model loads
                                         f"error: {fake}: not an image file Pillow can read (13 bytes of unknown format)"]
     rows = [line.split("\t") for line in proc.stdout.splitlines()]
     assert [r[0] for r in rows] == [str(p) for p in images]  # sorted, .JPG and .png taken, notes.txt not
@@ -150,7 +164,7 @@ def test_json_checkpoint_and_model_folder_agree_with_the_pyfunc_model(project, c
     folder, images = faces
     expected = pyfunc_p_male(champion, images)
     reg = run_predict(project, "--json", folder)
-    assert reg.returncode == 0 and reg.stderr == "", reg.stderr
+    assert reg.returncode == 0 and reg.stderr.splitlines() == [answering(project)], reg.stderr
     rows = [json.loads(line) for line in reg.stdout.splitlines()]
     assert [r["path"] for r in rows] == [str(p) for p in images]
     for r, p_male in zip(rows, expected):
@@ -159,7 +173,7 @@ def test_json_checkpoint_and_model_folder_agree_with_the_pyfunc_model(project, c
         assert r["probability"] == pytest.approx(r["p_male"] if r["label"] == "male" else 1 - r["p_male"], abs=1e-12)
     best = project.path("train.models_dir") / VARIANT / "best.pt"
     ckpt = run_predict(project, "--json", "--model", best, "--batch-size", 3, *images)  # batches of 3 and 1
-    assert ckpt.returncode == 0 and ckpt.stderr == "", ckpt.stderr
+    assert ckpt.returncode == 0 and ckpt.stderr == f"predict: answering with {best}\n", ckpt.stderr
     by_ckpt = [json.loads(line) for line in ckpt.stdout.splitlines()]
     assert [r["path"] for r in by_ckpt] == [str(p) for p in images]
     assert [r["p_male"] for r in by_ckpt] == pytest.approx([r["p_male"] for r in rows], abs=HALF)
@@ -176,12 +190,12 @@ def test_no_champion_is_one_line_naming_model_and_alias(project, make_params, fa
     proc = run_predict(params, images[0])
     assert proc.returncode == 1 and proc.stdout == ""
     (line,) = proc.stderr.splitlines()
-    assert line.startswith("error: no model celeba-gender-vgg16@champion") and "run `dvc repro`" in line
+    assert line.startswith("error: no model gender-vgg16-synthetic@champion") and "run `dvc repro`" in line
     assert not (params.root / "mlflow.db").exists()  # predict does not create an empty store
     store = {"base.mlflow.tracking_uri": f"sqlite:///{project.root / 'mlflow.db'}"}
     for key, value in (("select.alias", "nope"), ("base.mlflow.registered_model", "other")):
         make_params({**store, key: value}, folder=tmp_path / key)
-        with pytest.raises(PipelineError, match=r"^no model (other@champion|celeba-gender-vgg16@nope) in the "
+        with pytest.raises(PipelineError, match=r"^no model (other@champion|gender-vgg16-synthetic@nope) in the "
                                                 r"MLflow store .*run `dvc repro`"):
             load_classifier(None, str(tmp_path / key / "params.yaml"))
 
@@ -199,7 +213,7 @@ def test_select_and_evaluate_score_a_version_as_the_pyfunc_model_does(project, c
     folder = detect_layout(project.dataset_root()).image_dir
     expected = pyfunc_p_male(champion, [folder / image_id for image_id in test["image_id"]])
     np.testing.assert_allclose(score_split(project, champion[0], test), expected, atol=1e-6)
-    missing = f"models:/{project.get('base.mlflow.registered_model')}/99"
+    missing = f"models:/{project.registered_model()}/99"
     with pytest.raises(PipelineError, match=rf"^{missing} cannot be loaded: ") as err:
         score_split(project, missing, test, verify=False)
     assert "\n" not in str(err.value)

@@ -4,14 +4,13 @@ is lost or duplicated. (A queued experiment against a tracking server: tests/tes
 as the README's team set-up runs it.)"""
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers.config import REPO
-from helpers.projects import env, new_project, wait_for_queue
+from helpers.projects import new_project, wait_for_queue
+from helpers.readme import as_a_user, readme_lines
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -33,7 +32,7 @@ def check_store(uri: str, lrs: tuple[float, ...]):
             {"checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"}
     evals = client.search_runs([exp.experiment_id], "tags.stage = 'evaluate'")
     assert len(evals) == len(lrs)
-    versions = client.search_model_versions("name = 'celeba-gender-vgg16'")
+    versions = client.search_model_versions("name = 'gender-vgg16-synthetic'")
     assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in runs)
     return client, sorted(versions, key=lambda v: int(v.version))
 
@@ -46,30 +45,11 @@ def assert_the_better_one_is_champion(client, versions) -> None:
     assert first.tags["decision"] == "first" and second.tags["decision"] in ("better", "not_better"), second.tags
     better = int(second.tags["challenger_right"]) > int(second.tags["champion_right"])
     expected = second if better else first
-    assert client.get_model_version_by_alias("celeba-gender-vgg16", "champion").version == expected.version
-    assert client.get_model_version_by_alias("celeba-gender-vgg16", "challenger").version == second.version
+    assert client.get_model_version_by_alias("gender-vgg16-synthetic", "champion").version == expected.version
+    assert client.get_model_version_by_alias("gender-vgg16-synthetic", "challenger").version == second.version
 
 
 README_SECTIONS = ("### Parallel experiments and a tracking server", "## Comparing experiments with DVC")
-
-
-def readme_lines(section: str) -> list[str]:
-    """The ``dvc exp`` / ``dvc queue`` lines of the first bash block under ``section`` in README.md,
-    as written there (comments included: a user pastes them so)."""
-    text = (REPO / "README.md").read_text()
-    block = text[text.index(section):].split("```bash\n", 1)[1].split("```", 1)[0]
-    return [line for line in block.splitlines() if line.startswith(("dvc exp ", "dvc queue "))]
-
-
-def as_a_user(root: Path, line: str, **extra_env) -> subprocess.CompletedProcess:
-    """``line`` pasted into a new shell in ``root`` after the README's ``source .venv/bin/activate``:
-    a bare PATH (no venv on it), no PYTHONPATH, the project's .venv."""
-    user_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": env()["HOME"], "TQDM_DISABLE": "1",
-                **{k: v for k, v in env().items() if k.startswith("GIT_")}, **extra_env}
-    proc = subprocess.run(["bash", "-c", f"source .venv/bin/activate\n{line}"], cwd=root, env=user_env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{line} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 def test_the_readmes_experiment_lines_run_as_written(tmp_path):

@@ -80,7 +80,7 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
 
     from pipeline.core import config
     from pipeline.core.files import write_json
-    from pipeline.stages.select import select
+    from pipeline.stages.select import last_line, select
     from pipeline.tracking import runs
     from pipeline.tracking.runs import log_predictions
     from pipeline.tracking.train_log import log_pyfunc
@@ -120,7 +120,7 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     assert best["best_val_acc"] == 0.9 and best["best_val_loss"] == 0.25
     assert [c["variant"] for c in best["candidates"]] == ["a", "b", "c"]
     client = MlflowClient(config.tracking_uri(params))
-    version = client.get_model_version_by_alias("celeba-gender-vgg16", "champion")
+    version = client.get_model_version_by_alias("gender-vgg16-synthetic", "champion")
     assert version.run_id == best["run_id"] and int(version.version) == best["version"] == 1
     # what is registered is the champion select logged to b's run, not b's trainable-only model
     assert version.source == best["champion_uri"] != best["model_uri"]
@@ -140,6 +140,14 @@ def test_select_stage_ranks_by_mlflow_not_local_json_and_registers(make_params, 
     # validation split, so the two cannot be compared and the champion stays
     again = select(params, log=lines.append)
     assert again["version"] == 2 and again["champion"] == 1 and not again["promoted"]
-    assert int(client.get_model_version_by_alias("celeba-gender-vgg16", "champion").version) == 1
-    assert int(client.get_model_version_by_alias("celeba-gender-vgg16", "challenger").version) == 2
-    assert client.get_model_version("celeba-gender-vgg16", "2").tags["decision"] == "not_comparable"
+    assert int(client.get_model_version_by_alias("gender-vgg16-synthetic", "champion").version) == 1
+    assert int(client.get_model_version_by_alias("gender-vgg16-synthetic", "challenger").version) == 2
+    tags = client.get_model_version("gender-vgg16-synthetic", "2").tags
+    assert tags["decision"] == "not_comparable"
+    # what predict says of a version: its data set and validation score, as select saw them
+    assert (tags["data_source"], tags["val_acc"], tags["val_acc_ci95"], tags["n_val"]) == \
+        ("synthetic", "0.9000", "[0.596, 0.982]", "10")
+    assert last_line(result) == (f"select: b (best_val_acc=0.9000, run {best['run_id']}) -> gender-vgg16-synthetic v1; "
+                                 "@champion is v1")
+    assert last_line(again).endswith("-> gender-vgg16-synthetic v2; @champion is v1; to make this pick @champion "
+                                     "anyway: dvc exp run -S select.promote=always (re-runs select and evaluate only)")

@@ -61,7 +61,7 @@ def post(url: str, payload: dict, expect: int = 200):
 
 
 def test_served_champion_is_self_contained_and_matches_predict(project, tmp_path):
-    name, alias = project.get("base.mlflow.registered_model"), project.get("select.alias")
+    name, alias = project.registered_model(), project.get("select.alias")
     images = make_faces(project, tmp_path / "faces")  # a.jpg, b.jpg, c.JPG (JPEG) and d.png
     on_files = [(str(p), None) for p in images]
     errors = []

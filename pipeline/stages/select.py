@@ -174,10 +174,10 @@ def log_select_run(root: Path, best: dict, ranked: list[dict], pick: dict, decis
                                         for c in ranked], "pick": pick, "promotion": decision}, "selection.json")
 
 
-def select_metrics(ranked: list[dict], pick: dict, decision: dict) -> dict:
+def select_metrics(ranked: list[dict], pick: dict, decision: dict, split_method: str) -> dict:
     """``select.metrics``: what ``dvc exp show`` compares across experiments."""
     by_name = sorted(ranked, key=lambda c: c["variant"])
-    out = {"selected": ranked[0]["variant"],
+    out = {"selected": ranked[0]["variant"], "split_method": split_method,
            "best_val_acc": {c["variant"]: c["best_val_acc"] for c in by_name},
            "ci95": {c["variant"]: {"low": round(c["ci95"][0], 4), "high": round(c["ci95"][1], 4)} for c in by_name},
            "runner_up_p": pick.get("p_value"), "promoted": decision["promoted"], "decision": decision["decision"],
@@ -209,7 +209,10 @@ def select(params: Params, log=print) -> dict:
     val = read_split(params.path("split.dir"), "val")
     decision = promote.promote(client, name, alias, version, runs.split_digest(val), rule, alpha,
                                scorer(params, name, val), promote.lock_path(store.uri, params.shared_root()))
-    for key, value in {"promoted": decision["promoted"], "decision": decision["decision"],
+    low, high = best["ci95"]
+    for key, value in {"data_source": params.get("data.source"), "val_acc": f"{best['best_val_acc']:.4f}",
+                       "val_acc_ci95": f"[{low:.3f}, {high:.3f}]", "n_val": best["n_val"],
+                       "promoted": decision["promoted"], "decision": decision["decision"],
                        "champion_before": decision["champion_before"],
                        **{k: decision[k] for k in ("champion_right", "challenger_right", "only_champion",
                                                    "only_challenger", "p_value", "n") if k in decision}}.items():
@@ -221,7 +224,7 @@ def select(params: Params, log=print) -> dict:
               "alias": alias, "champion": decision["champion"], "promoted": decision["promoted"],
               "candidates": sorted(ranked, key=lambda c: c["variant"]), "pick": pick, "decision": decision,
               "decision_text": explained}
-    write_json(params.path("select.metrics"), select_metrics(ranked, pick, decision))
+    write_json(params.path("select.metrics"), select_metrics(ranked, pick, decision, params.get("split.method")))
     atomic_write(params.path("select.curves"), lambda t: curves.to_csv(t, index=False, float_format="%.6f"))
     write_json(params.path("select.output"), result)
     return result
@@ -262,6 +265,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    r = select(load_params(args.params))
-    print(f"select: {r['variant']} (best_val_acc={r['best_val_acc']:.4f}, run {r['run_id']}) "
-          f"-> {r['registered_model']} v{r['version']}; @{r['alias']} is v{r['champion']}")
+    print(last_line(select(load_params(args.params))))
+
+
+def last_line(r: dict) -> str:
+    """What select ends with: the pick, its version, the champion, and when the pick did not
+    become champion, the one setting that promotes it anyway."""
+    anyway = "" if r["promoted"] else (f"; to make this pick @{r['alias']} anyway: dvc exp run -S select.promote=always "
+                                       "(re-runs select and evaluate only)")
+    return (f"select: {r['variant']} (best_val_acc={r['best_val_acc']:.4f}, run {r['run_id']}) "
+            f"-> {r['registered_model']} v{r['version']}; @{r['alias']} is v{r['champion']}{anyway}")

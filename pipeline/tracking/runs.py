@@ -173,14 +173,16 @@ def main(argv=None) -> None:
     """Print the store that ``make mlflow-ui`` / ``make mlflow-server`` serve."""
     parser = argparse.ArgumentParser(description="Print the MLflow store of params.yaml")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--what", choices=("uri", "store", "artifacts", "runs-page"), default="uri",
+    parser.add_argument("--what", choices=("uri", "store", "artifacts", "runs-page", "champion"), default="uri",
                         help="uri: what the stages use (MLFLOW_TRACKING_URI first); store: the backend "
                              "store of params.yaml; artifacts: its artifact folder; runs-page: the UI's page "
-                             "of the experiment's runs (path and query after the server's address)")
+                             "of the experiment's runs (path and query after the server's address); champion: "
+                             "models:/<registered model of the data set>@<select.alias>")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     print({"uri": lambda: tracking_uri(params), "store": lambda: store_uri(params),
            "artifacts": lambda: str(params.mlflow_config().artifact_root),
+           "champion": lambda: f"models:/{params.registered_model()}@{params.get('select.alias')}",
            "runs-page": lambda: runs_page(params.mlflow_config())}[args.what]())
 
 
