@@ -82,7 +82,8 @@ def test_the_model_card_has_mitchell_et_al_s_sections_and_the_numbers():
     info = {"model": {"name": "m", "version": 3, "variant": "last_block-lr1e-4", "strategy": "last_block", "lr": 1e-4,
                       "weights": "imagenet", "image_size": 224, "epochs": 10, "batch_size": 64, "dtype": "float16",
                       "run_id": "abc"},
-            "data": {"source": "celeba", "root": "/data/celeba", "group_by": "identity", "limit": 30000,
+            "data": {"source": "celeba", "root": "/data/celeba", "method": "stratified", "group_by": "identity",
+                     "limit": 30000,
                      "splits": {"train": {"images": 24000, "male": 10000, "digest": "d1"},
                                 "val": {"images": 3000, "male": 1250, "digest": "d2"},
                                 "test": {"images": 3000, "male": 1251, "digest": "d3"}}},
@@ -102,6 +103,9 @@ def test_the_model_card_has_mitchell_et_al_s_sections_and_the_numbers():
     assert "exact McNemar p = 0.12" in text and "within noise" in text
     assert f"| accuracy | 75.0 % [{100 * summary['ci95'][0]:.1f} %, {100 * summary['ci95'][1]:.1f} %] |" in text
     assert "- Eyeglasses=present 0.900" in text and "binary" in text and "celebrity photos" in text.lower()
+    assert "split by person, stratified (`split.method: stratified`, `split.group_by: identity`)" in text
+    official = card.render({**info, "data": {**info["data"], "method": "official", "group_by": "none"}})
+    assert "split as CelebA's own partition (`split.method: official`, list_eval_partition.txt)" in official
     skipped = card.render({**info, "slices": {"worst": [], "gap": None, "min_slice": 30, "skipped": "only Male"}})
     assert "Slices: none (only Male)." in skipped
 

@@ -10,6 +10,14 @@ version's description, which the MLflow UI shows on the model page, and as ``mod
 from __future__ import annotations
 
 
+
+def split_words(method: str, group_by: str) -> str:
+    """``split.method`` and ``split.group_by`` in words, for the card."""
+    if method == "official":
+        return "split as CelebA's own partition (`split.method: official`, list_eval_partition.txt)"
+    return ("split by person, stratified (`split.method: stratified`, `split.group_by: identity`)"
+            if group_by == "identity" else "split by image, stratified (`split.method: stratified`)")
+
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
 
@@ -24,7 +32,7 @@ def _interval(ci) -> str:
 
 def render(info: dict) -> str:
     """Markdown for ``info``: ``model`` (name, version, variant, strategy, lr, weights, image_size,
-    epochs, batch_size, dtype, run_id), ``data`` (source, root, group_by, limit, splits:
+    epochs, batch_size, dtype, run_id), ``data`` (source, root, method, group_by, limit, splits:
     {split: {images, male, digest}}), ``choice`` (candidates: [{variant, best_val_acc, ci95}],
     runner_up, runner_up_p, alpha, decision (words)), ``test`` (:func:`pipeline.evaluation.scores.summary`),
     ``slices`` (worst: [description], gap: description or None, min_slice, skipped: reason or None)."""
@@ -49,7 +57,7 @@ def render(info: dict) -> str:
              "(ranking); log loss and Brier score (probabilities); expected calibration error "
              "(15 equal-width bins of the predicted class's probability, Guo et al. 2017).", "",
              "## Training and evaluation data", "",
-             f"- Source `{d['source']}` ({d['root']}), split by `{d['group_by']}`"
+             f"- Source `{d['source']}` ({d['root']}), {split_words(d['method'], d['group_by'])}"
              + (f", a seeded subset of {d['limit']} images" if d.get("limit") else "") + ":", "",
              "| split | images | male | digest |", "|---|---|---|---|"]
     lines += [f"| {name} | {v['images']} | {v['male']} | `{v['digest']}` |" for name, v in d["splits"].items()]

@@ -122,7 +122,8 @@ def card_info(params: Params, best: dict, summary: dict, sliced: dict) -> dict:
                   "batch_size": params.get("train.batch_size"), "dtype": params.get("select.champion_dtype"),
                   "run_id": best["run_id"]},
         "data": {"source": params.get("data.source"), "root": str(params.path("data.root")),
-                 "group_by": params.get("split.group_by"), "limit": params.get("data.limit"),
+                 "method": params.get("split.method"), "group_by": params.get("split.group_by"),
+                 "limit": params.get("data.limit"),
                  "splits": {name: {"images": split.get(name, {}).get("images"), "male": split.get(name, {}).get("male"),
                                    "digest": runs.split_digest(read_split(split_dir, name))}
                             for name in ("train", "val", "test")}},
