@@ -169,3 +169,12 @@ def test_parallel_runs_log_the_same_splits_once_each(make_params, tmp_path):
     assert len(runs) == n
     digests = {(di.dataset.name, di.dataset.digest) for run in runs for di in run.inputs.dataset_inputs}
     assert len(digests) == SPLITS and all(len(run.inputs.dataset_inputs) == SPLITS for run in runs)
+
+
+def test_a_gpu_run_says_first_that_its_numbers_are_not_the_committed_cpu_ones(monkeypatch):
+    from pipeline.stages.train import gpu_note
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    assert gpu_note(torch.device("cuda:0"), "bf16") == (
+        "train: on NVIDIA H100 80GB HBM3 (train.device cuda:0, amp bf16): the metrics are this GPU's, not the "
+        "committed CPU ones, which train.device: cpu repeats (docs/reproducibility.md)")

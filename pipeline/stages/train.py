@@ -68,6 +68,8 @@ def build(params: Params, variant: str) -> Run:
     cache (or the plain loop's resident images)."""
     cfg, spec = params.train_config(), params.variant(variant)
     device, amp, channels_last = placement(cfg)
+    if device.type != "cpu":
+        print(gpu_note(device, amp), flush=True)
     frames = {name: read_split(cfg.split_dir, name) for name in ("train", "val")}
     for frame in frames.values():  # every listed image still the one split checked, before any work
         manifest.verify(params.dataset_root(), frame, cfg.split_dir, cfg.feature_cache)
@@ -89,6 +91,13 @@ def build(params: Params, variant: str) -> Run:
         "frozen_features": data["mode"]}
     return Run(variant, spec, cfg, device, {"amp": amp, "channels_last": channels_last}, model, optimizer, data, frames, settings,
                params.path("train.models_dir") / variant / resume.RESUME_DIR)
+
+
+def gpu_note(device: torch.device, amp: str) -> str:
+    """The one line a run on a GPU prints: its numbers are not the committed CPU ones."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return (f"train: on {name} (train.device {device}, amp {amp}): the metrics are this GPU's, not the committed "
+            "CPU ones, which train.device: cpu repeats (docs/reproducibility.md)")
 
 
 def fit(run: Run, first_epoch: int, on_epoch: Callable[[dict, dict, dict, float], None]) -> None:
